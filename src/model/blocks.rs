@@ -1,0 +1,438 @@
+//! Shared building blocks of the architectures: linear layers, norms,
+//! rotary position embeddings, attention with a KV cache, and MLPs.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::LayerState;
+use crate::error::Result;
+use crate::ops;
+use crate::weights::Weights;
+
+/// A linear layer on constant weights (`[out, in]` plus optional bias).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub w: Tensor,
+    /// `[out]`.
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) of shape `[out, in]`.
+    pub fn load(w: &Weights, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let b = if bias {
+            Some(w.get(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Self { w: weight, b })
+    }
+
+    /// Wraps an existing weight (e.g. a tied embedding matrix).
+    pub fn from_weight(w: Tensor) -> Self {
+        Self { w, b: None }
+    }
+
+    /// `x @ w.T + b`; differentiable in `x` only.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::linear(x, &self.w, self.b.as_ref())
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.w.elem_count() + self.b.as_ref().map_or(0, Tensor::elem_count)
+    }
+}
+
+/// Which normalisation a block uses.
+#[derive(Debug, Clone)]
+pub enum Norm {
+    /// RMSNorm; `add_one` scales by `1 + w` (Gemma).
+    Rms {
+        /// Scale.
+        w: Tensor,
+        /// Epsilon.
+        eps: f64,
+        /// Scale by `1 + w`.
+        add_one: bool,
+    },
+    /// LayerNorm with optional affine parameters.
+    Layer {
+        /// Scale.
+        w: Option<Tensor>,
+        /// Shift.
+        b: Option<Tensor>,
+        /// Epsilon.
+        eps: f64,
+    },
+}
+
+impl Norm {
+    /// Loads an RMSNorm scale `{prefix}.weight` of shape `[dim]`.
+    pub fn rms(w: &Weights, prefix: &str, dim: usize, eps: f64, add_one: bool) -> Result<Self> {
+        Ok(Norm::Rms {
+            w: w.get(&format!("{prefix}.weight"), &[dim])?,
+            eps,
+            add_one,
+        })
+    }
+
+    /// Loads a LayerNorm `{prefix}.weight`/`{prefix}.bias` of shape `[dim]`
+    /// (`affine = false` for a non-parametric norm).
+    pub fn layer(w: &Weights, prefix: &str, dim: usize, eps: f64, affine: bool) -> Result<Self> {
+        let (weight, bias) = if affine {
+            (
+                Some(w.get(&format!("{prefix}.weight"), &[dim])?),
+                w.get_opt(&format!("{prefix}.bias"), &[dim])?,
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Norm::Layer {
+            w: weight,
+            b: bias,
+            eps,
+        })
+    }
+
+    /// Applies the norm over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Norm::Rms { w, eps, add_one } => ops::rms_norm(x, Some(w), *eps, *add_one),
+            Norm::Layer { w, b, eps } => ops::layer_norm(x, w.as_ref(), b.as_ref(), *eps),
+        }
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        match self {
+            Norm::Rms { w, .. } => w.elem_count(),
+            Norm::Layer { w, b, .. } => {
+                w.as_ref().map_or(0, Tensor::elem_count) + b.as_ref().map_or(0, Tensor::elem_count)
+            }
+        }
+    }
+}
+
+/// Rotary position embedding: inverse frequencies for the rotated part of
+/// each head.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    /// `rot_dim / 2` inverse frequencies.
+    pub inv_freq: Vec<f32>,
+}
+
+/// Parameters of Llama 3's frequency-dependent rope scaling.
+#[derive(Debug, Clone, Copy)]
+pub struct Llama3Scaling {
+    /// `factor`.
+    pub factor: f64,
+    /// `low_freq_factor`.
+    pub low_freq_factor: f64,
+    /// `high_freq_factor`.
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings`.
+    pub original_max_position_embeddings: f64,
+}
+
+impl Rotary {
+    /// Standard frequencies `base^(-2i/rot_dim)`, computed as `transformers`
+    /// does (integer exponents, f32 result).
+    pub fn new(base: f64, rot_dim: usize) -> Self {
+        let inv_freq = (0..rot_dim)
+            .step_by(2)
+            .map(|i| (1.0 / base.powf(i as f64 / rot_dim as f64)) as f32)
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// Divides every frequency by a factor (linear scaling, GGUF `rope_freqs`).
+    pub fn scale_by(mut self, factors: &[f32]) -> Self {
+        for (f, s) in self.inv_freq.iter_mut().zip(factors) {
+            *f /= s;
+        }
+        self
+    }
+
+    /// Applies Llama 3's rope scaling (`rope_type = "llama3"`).
+    pub fn llama3(mut self, s: Llama3Scaling) -> Self {
+        let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+        let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+        for f in self.inv_freq.iter_mut() {
+            let freq = *f as f64;
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let scaled = if wavelen > low_wavelen {
+                freq / s.factor
+            } else if wavelen < high_wavelen {
+                freq
+            } else {
+                let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * freq / s.factor + smooth * freq
+            };
+            *f = scaled as f32;
+        }
+        self
+    }
+
+    /// `(cos, sin)` tables for positions `start..start + len`.
+    pub fn tables(&self, start: usize, len: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+        ops::rope_tables(&self.inv_freq, start, len, dtype, dev)
+    }
+}
+
+/// Additive attention bias `[B, 1, T, start + T]`: 0 where query `i` may see
+/// key `j` (causal, key not padding, within the sliding window), `-inf`
+/// elsewhere. `mask` is `[B, start + T]` with 1 for real tokens.
+pub fn attention_bias(
+    b: usize,
+    t: usize,
+    start: usize,
+    mask: Option<&Tensor>,
+    window: Option<usize>,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
+    let total = start + t;
+    let keep: Option<Vec<Vec<f32>>> = match mask {
+        Some(m) => Some(m.to_dtype(DType::F32)?.to_vec2()?),
+        None => None,
+    };
+    let mut v = vec![0f32; b * t * total];
+    for bi in 0..b {
+        for i in 0..t {
+            let qpos = start + i;
+            for j in 0..total {
+                let causal = j <= qpos;
+                let in_window = window.is_none_or(|w| qpos - j < w);
+                let real = keep.as_ref().is_none_or(|k| k[bi][j] > 0.5);
+                if !(causal && in_window && real) {
+                    v[(bi * t + i) * total + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(v, (b, 1, t, total), dev)?.to_dtype(dtype)?)
+}
+
+/// Multi-head attention with grouped-query heads, rotary embeddings, optional
+/// per-head q/k norms and logit scaling.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    /// Query projection.
+    pub q: Linear,
+    /// Key projection.
+    pub k: Linear,
+    /// Value projection.
+    pub v: Linear,
+    /// Output projection.
+    pub o: Linear,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Scale applied to the scores (`1/sqrt(head_dim)` by default).
+    pub scale: f64,
+    /// Per-head RMSNorm on queries (Gemma 3).
+    pub q_norm: Option<Norm>,
+    /// Per-head RMSNorm on keys (Gemma 3).
+    pub k_norm: Option<Norm>,
+    /// Rotary embedding, if the model uses one.
+    pub rotary: Option<Rotary>,
+    /// Sliding window size in tokens, if this layer is local.
+    pub window: Option<usize>,
+}
+
+impl Attention {
+    fn split_heads(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        Ok(x.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?)
+    }
+
+    /// Repeats key/value heads for grouped-query attention.
+    fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {
+        let rep = self.num_heads / self.num_kv_heads;
+        if rep == 1 {
+            return Ok(x);
+        }
+        let (b, kv, t, d) = x.dims4()?;
+        Ok(x
+            .unsqueeze(2)?
+            .broadcast_as((b, kv, rep, t, d))?
+            .reshape((b, kv * rep, t, d))?)
+    }
+
+    /// Attention over `x` `[B, T, hidden]` at positions `start..start + T`.
+    ///
+    /// `bias` is the additive mask from [`attention_bias`]; `state`, when
+    /// given, holds earlier keys/values and is extended.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        start: usize,
+        bias: &Tensor,
+        state: Option<&mut LayerState>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let mut q = self.split_heads(&self.q.forward(x)?, self.num_heads)?;
+        let mut k = self.split_heads(&self.k.forward(x)?, self.num_kv_heads)?;
+        let v = self.split_heads(&self.v.forward(x)?, self.num_kv_heads)?;
+        if let Some(n) = &self.q_norm {
+            q = n.forward(&q)?;
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(&k)?;
+        }
+        if let Some(r) = &self.rotary {
+            let (cos, sin) = r.tables(start, t, q.dtype(), q.device())?;
+            q = ops::apply_rope(&q, &cos, &sin)?;
+            k = ops::apply_rope(&k, &cos, &sin)?;
+        }
+        let (k, v) = match state {
+            Some(st) => {
+                let (k, v) = match std::mem::take(st) {
+                    LayerState::Kv { k: pk, v: pv } => {
+                        (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+                    }
+                    LayerState::Empty => (k, v),
+                };
+                *st = LayerState::Kv {
+                    k: k.clone(),
+                    v: v.clone(),
+                };
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let k = self.repeat_kv(k)?;
+        let v = self.repeat_kv(v)?;
+        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * self.scale)?;
+        let scores = scores.broadcast_add(bias)?;
+        let p = ops::softmax_last_dim(&scores)?;
+        let out = p.matmul(&v.contiguous()?)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        self.o.forward(&out)
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        [&self.q, &self.k, &self.v, &self.o]
+            .iter()
+            .map(|l| l.num_params())
+            .sum::<usize>()
+            + self.q_norm.as_ref().map_or(0, Norm::num_params)
+            + self.k_norm.as_ref().map_or(0, Norm::num_params)
+    }
+}
+
+/// Activation functions used by the MLPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// Tanh-approximated GELU (`gelu_pytorch_tanh`, `gelu_new`).
+    GeluTanh,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+impl Activation {
+    /// Parses a `transformers` activation name.
+    pub fn from_hf(name: &str) -> Option<Self> {
+        Some(match name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+
+    /// Applies the activation (differentiable).
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Silu => x.silu()?,
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Relu => x.relu()?,
+        })
+    }
+}
+
+/// A gated MLP: `down(act(gate(x)) * up(x))` (Llama, Gemma).
+#[derive(Debug, Clone)]
+pub struct GatedMlp {
+    /// Gate projection.
+    pub gate: Linear,
+    /// Up projection.
+    pub up: Linear,
+    /// Down projection.
+    pub down: Linear,
+    /// Activation on the gate.
+    pub act: Activation,
+}
+
+impl GatedMlp {
+    /// Loads `{prefix}.gate_proj`, `.up_proj`, `.down_proj`.
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+        bias: bool,
+        act: Activation,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate: Linear::load(w, &format!("{prefix}.gate_proj"), hidden, inter, bias)?,
+            up: Linear::load(w, &format!("{prefix}.up_proj"), hidden, inter, bias)?,
+            down: Linear::load(w, &format!("{prefix}.down_proj"), inter, hidden, bias)?,
+            act,
+        })
+    }
+
+    /// Applies the MLP.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.act.forward(&self.gate.forward(x)?)?;
+        let u = self.up.forward(x)?;
+        self.down.forward(&(g * u)?)
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.gate.num_params() + self.up.num_params() + self.down.num_params()
+    }
+}
+
+/// Token embeddings: a lookup into a `[vocab, dim]` matrix.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    /// `[vocab, dim]`.
+    pub w: Tensor,
+}
+
+impl Embedding {
+    /// Embeddings of ids `[B, T]` (u32): `[B, T, dim]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let flat = self.w.index_select(&ids.flatten_all()?, 0)?;
+        Ok(flat.reshape((b, t, self.w.dim(1)?))?)
+    }
+}
+
+/// Checks that the last dimension of `x` is `dim`.
+pub fn expect_width(x: &Tensor, dim: usize) -> Result<()> {
+    let got = x.dim(D::Minus1)?;
+    if got != dim {
+        return Err(crate::error::CramError::Input(format!(
+            "input embeddings have width {got}, the model expects {dim}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! The Llama family: Llama 2/3 (with `llama3` rope scaling), SmolLM2,
+//! TinyLlama, Sheared-LLaMA; grouped-query attention, tied or untied
+//! embeddings, optional attention/MLP bias.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::blocks::{
+    attention_bias, expect_width, Activation, Attention, Embedding, GatedMlp, Linear,
+    Llama3Scaling, Norm, Rotary,
+};
+use super::hparams::{Gguf, Json};
+use super::{tensor_std, CausalLm, DecodeState, ModelInfo};
+use crate::error::{CramError, Result};
+use crate::weights::Weights;
+
+/// Hyper-parameters of a Llama model.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    /// Residual width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Blocks.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size (rows of the embedding matrix).
+    pub vocab_size: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Rotary base.
+    pub rope_theta: f64,
+    /// Llama 3 rope scaling, if any.
+    pub llama3_scaling: Option<Llama3Scaling>,
+    /// Linear rope scaling factor, if any.
+    pub linear_scaling: Option<f64>,
+    /// Context length.
+    pub max_position_embeddings: usize,
+    /// Output head shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v/o.
+    pub attention_bias: bool,
+    /// Biases on the MLP.
+    pub mlp_bias: bool,
+    /// MLP activation.
+    pub act: Activation,
+}
+
+impl LlamaConfig {
+    /// Reads a `transformers` `config.json`.
+    pub fn from_json(c: &Json) -> Result<Self> {
+        let hidden_size = c.usize("hidden_size")?;
+        let num_heads = c.usize("num_attention_heads")?;
+        let num_kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+        let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads.max(1));
+        let mut llama3_scaling = None;
+        let mut linear_scaling = None;
+        if c.raw("rope_scaling").is_some() {
+            let kind = c
+                .raw("rope_scaling")
+                .and_then(|o| o.get("rope_type").or_else(|| o.get("type")))
+                .and_then(|v| v.as_str())
+                .unwrap_or("default")
+                .to_string();
+            match kind.as_str() {
+                "llama3" => {
+                    llama3_scaling = Some(Llama3Scaling {
+                        factor: c.nested_f64("rope_scaling", "factor")?,
+                        low_freq_factor: c.nested_f64("rope_scaling", "low_freq_factor")?,
+                        high_freq_factor: c.nested_f64("rope_scaling", "high_freq_factor")?,
+                        original_max_position_embeddings: c
+                            .nested_f64("rope_scaling", "original_max_position_embeddings")?,
+                    })
+                }
+                "linear" => linear_scaling = Some(c.nested_f64("rope_scaling", "factor")?),
+                "default" => {}
+                other => {
+                    return Err(CramError::bad_config(
+                        c.path().display(),
+                        "rope_scaling.rope_type",
+                        format!("unsupported rope scaling `{other}` (supported: llama3, linear)"),
+                    ))
+                }
+            }
+        }
+        let act_name = c.opt_str("hidden_act")?.unwrap_or_else(|| "silu".into());
+        let act = Activation::from_hf(&act_name).ok_or_else(|| {
+            CramError::bad_config(c.path().display(), "hidden_act", format!("unsupported `{act_name}`"))
+        })?;
+        let cfg = Self {
+            hidden_size,
+            intermediate_size: c.usize("intermediate_size")?,
+            num_layers: c.usize("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: c.usize("vocab_size")?,
+            rms_norm_eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: c.opt_f64("rope_theta")?.unwrap_or(10000.0),
+            llama3_scaling,
+            linear_scaling,
+            max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            attention_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
+            mlp_bias: c.opt_bool("mlp_bias")?.unwrap_or(false),
+            act,
+        };
+        cfg.validate(&c.path().display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// Reads GGUF metadata (`llama.*`). Tied embeddings are detected later
+    /// from the absence of `output.weight`.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let hidden_size = g.usize("embedding_length")?;
+        let num_heads = g.usize("attention.head_count")?;
+        let num_kv_heads = g.opt_usize("attention.head_count_kv")?.unwrap_or(num_heads);
+        let head_dim = g
+            .opt_usize("attention.key_length")?
+            .unwrap_or(hidden_size / num_heads.max(1));
+        let vocab_size = match g.opt_usize("vocab_size")? {
+            Some(v) => v,
+            None => g
+                .content()
+                .tensor_infos
+                .get("token_embd.weight")
+                .map(|t| t.shape.dims()[0])
+                .ok_or_else(|| {
+                    CramError::BadTensor {
+                        path: g.path().to_path_buf(),
+                        tensor: "token_embd.weight".into(),
+                        msg: "missing".into(),
+                    }
+                })?,
+        };
+        let cfg = Self {
+            hidden_size,
+            intermediate_size: g.usize("feed_forward_length")?,
+            num_layers: g.usize("block_count")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size,
+            rms_norm_eps: g.opt_f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rope_theta: g.opt_f64("rope.freq_base")?.unwrap_or(10000.0),
+            llama3_scaling: None,
+            linear_scaling: g
+                .opt_f64("rope.scaling.factor")?
+                .filter(|_| g.content().metadata.get("llama.rope.scaling.type").is_some_and(|v| {
+                    v.to_string().map(|s| s == "linear").unwrap_or(false)
+                })),
+            max_position_embeddings: g.opt_usize("context_length")?.unwrap_or(2048),
+            tie_word_embeddings: !g.content().tensor_infos.contains_key("output.weight"),
+            attention_bias: g.content().tensor_infos.contains_key("blk.0.attn_q.bias"),
+            mlp_bias: g.content().tensor_infos.contains_key("blk.0.ffn_up.bias"),
+            act: Activation::Silu,
+        };
+        cfg.validate(&format!("{} (GGUF metadata)", g.path().display()))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, source: &str) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(CramError::bad_config(source, field, msg));
+        if self.num_heads == 0 || self.num_kv_heads == 0 {
+            return bad("num_attention_heads", "must be positive".into());
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return bad(
+                "num_key_value_heads",
+                format!("{} does not divide num_attention_heads {}", self.num_kv_heads, self.num_heads),
+            );
+        }
+        if self.head_dim % 2 != 0 {
+            return bad("head_dim", format!("{} is odd; rotary needs an even head width", self.head_dim));
+        }
+        Ok(())
+    }
+}
+
+struct Layer {
+    input_norm: Norm,
+    attn: Attention,
+    post_norm: Norm,
+    mlp: GatedMlp,
+}
+
+/// A Llama-family model.
+pub struct Llama {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: Norm,
+    lm_head: Linear,
+    info: ModelInfo,
+    device: Device,
+    dtype: DType,
+}
+
+/// Undoes llama.cpp's Q/K row permutation (interleaved rotary layout) so the
+/// weights match `transformers`' half-split layout.
+fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    Ok(w
+        .reshape((heads, out / heads / 2, 2, inp))?
+        .transpose(1, 2)?
+        .reshape((out, inp))?)
+}
+
+impl Llama {
+    /// Builds the model from its config and weights.
+    pub fn load(cfg: &LlamaConfig, w: &Weights) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let qd = cfg.num_heads * cfg.head_dim;
+        let kvd = cfg.num_kv_heads * cfg.head_dim;
+        let emb_f32 = w.get_f32("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embedding_std = tensor_std(&emb_f32)?;
+        let embed = Embedding { w: w.place(&emb_f32)? };
+        let mut rotary = Rotary::new(cfg.rope_theta, cfg.head_dim);
+        if let Some(s) = cfg.llama3_scaling {
+            rotary = rotary.llama3(s);
+        }
+        if let Some(f) = cfg.linear_scaling {
+            rotary = rotary.scale_by(&vec![f as f32; cfg.head_dim / 2]);
+        }
+        if let Some(f) = w.get_f32_opt("rope_freqs.weight", &[cfg.head_dim / 2])? {
+            rotary = rotary.scale_by(&f.to_vec1::<f32>()?);
+        }
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let proj = |name: &str, in_d: usize, out_d: usize, heads: Option<usize>| -> Result<Linear> {
+                let prefix = format!("{p}.self_attn.{name}");
+                let mut lin = Linear::load(w, &prefix, in_d, out_d, cfg.attention_bias)?;
+                if let (Some(heads), true) = (heads, w.is_gguf()) {
+                    let wf = w.get_f32(&format!("{prefix}.weight"), &[out_d, in_d])?;
+                    lin.w = w.place(&unpermute(&wf, heads)?)?;
+                    if let Some(b) = w.get_f32_opt(&format!("{prefix}.bias"), &[out_d])? {
+                        let b = unpermute(&b.reshape((out_d, 1))?, heads)?.reshape(out_d)?;
+                        lin.b = Some(w.place(&b)?);
+                    }
+                }
+                Ok(lin)
+            };
+            let attn = Attention {
+                q: proj("q_proj", h, qd, Some(cfg.num_heads))?,
+                k: proj("k_proj", h, kvd, Some(cfg.num_kv_heads))?,
+                v: proj("v_proj", h, kvd, None)?,
+                o: proj("o_proj", qd, h, None)?,
+                num_heads: cfg.num_heads,
+                num_kv_heads: cfg.num_kv_heads,
+                head_dim: cfg.head_dim,
+                scale: 1.0 / (cfg.head_dim as f64).sqrt(),
+                q_norm: None,
+                k_norm: None,
+                rotary: Some(rotary.clone()),
+                window: None,
+            };
+            layers.push(Layer {
+                input_norm: Norm::rms(w, &format!("{p}.input_layernorm"), h, cfg.rms_norm_eps, false)?,
+                attn,
+                post_norm: Norm::rms(
+                    w,
+                    &format!("{p}.post_attention_layernorm"),
+                    h,
+                    cfg.rms_norm_eps,
+                    false,
+                )?,
+                mlp: GatedMlp::load(
+                    w,
+                    &format!("{p}.mlp"),
+                    h,
+                    cfg.intermediate_size,
+                    cfg.mlp_bias,
+                    cfg.act,
+                )?,
+            });
+        }
+        let norm = Norm::rms(w, "model.norm", h, cfg.rms_norm_eps, false)?;
+        let tied = cfg.tie_word_embeddings || !w.contains("lm_head.weight");
+        let lm_head = if tied {
+            Linear::from_weight(embed.w.clone())
+        } else {
+            Linear::load(w, "lm_head", h, cfg.vocab_size, false)?
+        };
+        let num_parameters = embed.w.elem_count()
+            + layers
+                .iter()
+                .map(|l| l.input_norm.num_params() + l.attn.num_params() + l.post_norm.num_params() + l.mlp.num_params())
+                .sum::<usize>()
+            + norm.num_params()
+            + if tied { 0 } else { lm_head.num_params() };
+        let info = ModelInfo {
+            architecture: "llama".into(),
+            num_layers: cfg.num_layers,
+            hidden_size: h,
+            input_size: h,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            vocab_size: cfg.vocab_size,
+            context_length: cfg.max_position_embeddings,
+            num_parameters,
+            weights_dtype: w.storage_dtype(),
+            compute_dtype: format!("{:?}", w.dtype()).to_lowercase(),
+            embedding_std,
+        };
+        Ok(Self {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            info,
+            device: w.device().clone(),
+            dtype: w.dtype(),
+        })
+    }
+
+    fn run(&self, x: &Tensor, start: usize, bias: &Tensor, mut state: Option<&mut DecodeState>) -> Result<Tensor> {
+        let mut x = x.to_dtype(self.dtype)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let st = state.as_deref_mut().map(|s| &mut s.layers[i]);
+            let a = l.attn.forward(&l.input_norm.forward(&x)?, start, bias, st)?;
+            x = (x + a)?;
+            let m = l.mlp.forward(&l.post_norm.forward(&x)?)?;
+            x = (x + m)?;
+        }
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+}
+
+impl CausalLm for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed.forward(ids)
+    }
+
+    fn forward(&self, embeds: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        expect_width(embeds, self.info.input_size)?;
+        let (b, t, _) = embeds.dims3()?;
+        let bias = attention_bias(b, t, 0, mask, None, self.dtype, &self.device)?;
+        self.run(embeds, 0, &bias, None)
+    }
+
+    fn forward_step(&self, embeds: &Tensor, state: &mut DecodeState) -> Result<Tensor> {
+        expect_width(embeds, self.info.input_size)?;
+        let (b, t, _) = embeds.dims3()?;
+        let start = state.pos;
+        let bias = attention_bias(b, t, start, None, None, self.dtype, &self.device)?;
+        let out = self.run(embeds, start, &bias, Some(state))?;
+        state.pos += t;
+        Ok(out)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}

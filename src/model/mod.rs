@@ -1,0 +1,251 @@
+//! Causal language models run forward from input embeddings.
+//!
+//! [`CausalLm`] is the interface the rest of cram uses; [`load`] turns the
+//! string a user types after `--model` into a model and its tokenizer. One
+//! file per architecture, built on the shared blocks in [`blocks`].
+
+pub mod blocks;
+pub mod hparams;
+pub mod llama;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{CramError, Result};
+use crate::source::{self, ModelSource};
+use crate::tokenizer::TextTokenizer;
+use crate::weights::Weights;
+
+/// What a model is, for display and for the rest of the pipeline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    /// Architecture name as `transformers` spells its `model_type`.
+    pub architecture: String,
+    /// Number of blocks.
+    pub num_layers: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the input embeddings (differs from `hidden_size` for OPT).
+    pub input_size: usize,
+    /// Attention heads (0 for attention-free models).
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub num_kv_heads: usize,
+    /// Output vocabulary size.
+    pub vocab_size: usize,
+    /// Maximum context length in tokens.
+    pub context_length: usize,
+    /// Number of parameters (tied matrices counted once).
+    pub num_parameters: usize,
+    /// How the weights are stored on disk (e.g. `Q4_1+F32`, `bf16`).
+    pub weights_dtype: String,
+    /// The dtype computations run in.
+    pub compute_dtype: String,
+    /// Unbiased standard deviation of the input-embedding matrix.
+    pub embedding_std: f64,
+}
+
+/// Per-layer state carried between decoding steps.
+#[derive(Debug, Clone, Default)]
+pub enum LayerState {
+    /// Nothing cached yet.
+    #[default]
+    Empty,
+    /// Keys and values of the positions seen so far, `[B, kv_heads, T, D]`.
+    Kv {
+        /// Cached keys.
+        k: Tensor,
+        /// Cached values.
+        v: Tensor,
+    },
+}
+
+/// State for incremental (cached) decoding.
+#[derive(Debug, Clone)]
+pub struct DecodeState {
+    /// Number of positions already processed.
+    pub pos: usize,
+    /// One entry per layer.
+    pub layers: Vec<LayerState>,
+}
+
+impl DecodeState {
+    /// A fresh state for a model of `n` layers.
+    pub fn new(n: usize) -> Self {
+        Self {
+            pos: 0,
+            layers: vec![LayerState::Empty; n],
+        }
+    }
+}
+
+/// A frozen causal language model that runs from input embeddings.
+pub trait CausalLm {
+    /// Sizes and identity.
+    fn info(&self) -> &ModelInfo;
+
+    /// Input embeddings for token ids `[B, T]` (u32): `[B, T, input_size]`.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor>;
+
+    /// Logits `[B, T, vocab]` (f32) for input embeddings `[B, T, input_size]`.
+    ///
+    /// `mask` is `[B, T]` with 1 for real positions and 0 for right padding.
+    /// Differentiable with respect to `embeds`; weights get no gradient.
+    fn forward(&self, embeds: &Tensor, mask: Option<&Tensor>) -> Result<Tensor>;
+
+    /// Logits for the next `t` positions given the cached state (batch 1
+    /// or an unpadded batch); updates the state.
+    fn forward_step(&self, embeds: &Tensor, state: &mut DecodeState) -> Result<Tensor>;
+
+    /// A fresh decoding state.
+    fn new_state(&self) -> DecodeState {
+        DecodeState::new(self.info().num_layers)
+    }
+
+    /// The device the model runs on.
+    fn device(&self) -> &Device;
+
+    /// The compute dtype.
+    fn dtype(&self) -> DType;
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where to run.
+    pub device: Device,
+    /// Compute dtype (f32 on CPU; bf16/f16 on GPU).
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// A model, its tokenizer, and where they came from.
+pub struct LoadedModel {
+    /// The network.
+    pub model: Box<dyn CausalLm>,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// The string the user gave.
+    pub spec: String,
+    /// The files the weights were read from.
+    pub weight_files: Vec<PathBuf>,
+}
+
+/// Architectures cram implements, as `model_type` names.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+
+fn unsupported(path: &Path, arch: &str) -> CramError {
+    CramError::UnsupportedArchitecture {
+        path: path.to_path_buf(),
+        arch: arch.to_string(),
+        supported: SUPPORTED_ARCHITECTURES.join(", "),
+    }
+}
+
+/// Reads a GGUF file's header and metadata, with a clear error for a file
+/// that is not GGUF or is truncated.
+pub fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
+    let mut f = std::fs::File::open(path).map_err(|e| CramError::io(path, e))?;
+    let content = gguf_file::Content::read(&mut f)
+        .map_err(|e| CramError::bad_file(path, format!("not a valid GGUF file: {e}")))?;
+    // A truncated file has a complete header but not all of its tensor data.
+    let len = f
+        .metadata()
+        .map_err(|e| CramError::io(path, e))?
+        .len();
+    for (name, info) in &content.tensor_infos {
+        let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
+            * info.ggml_dtype.type_size();
+        let end = content.tensor_data_offset + info.offset + bytes as u64;
+        if end > len {
+            return Err(CramError::bad_file(
+                path,
+                format!(
+                    "truncated GGUF file: tensor `{name}` ends at byte {end} but the file has {len} bytes"
+                ),
+            ));
+        }
+    }
+    Ok(content)
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| CramError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| CramError::bad_file(path, format!("invalid JSON: {e}")))
+}
+
+/// Resolves `spec` (alias, path or hub id) and loads the model and tokenizer.
+pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    match source::resolve(spec)? {
+        ModelSource::Gguf { path } => {
+            let content = read_gguf(&path)?;
+            let arch = hparams::Gguf::new(&content, &path).architecture()?;
+            let tokenizer = TextTokenizer::from_gguf(&content, &path)?;
+            let model: Box<dyn CausalLm> = match arch.as_str() {
+                "llama" => {
+                    let cfg = llama::LlamaConfig::from_gguf(&hparams::Gguf::new(&content, &path))?;
+                    let w = Weights::from_gguf(&path, content, false, &opts.device, opts.dtype)?;
+                    Box::new(llama::Llama::load(&cfg, &w)?)
+                }
+                other => return Err(unsupported(&path, other)),
+            };
+            Ok(LoadedModel {
+                model,
+                tokenizer,
+                spec: spec.to_string(),
+                weight_files: vec![path],
+            })
+        }
+        ModelSource::Folder(files) => {
+            let config = read_json(&files.config)?;
+            let hp = hparams::Json::new(&config, &files.config);
+            let arch = hp.architecture()?;
+            if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
+                return Err(unsupported(&files.config, &arch));
+            }
+            let tokenizer = TextTokenizer::from_hf_files(
+                &files.tokenizer,
+                files.tokenizer_config.as_deref(),
+                Some(&files.config),
+                files.generation_config.as_deref(),
+            )?;
+            let w = Weights::from_safetensors(&files.weights, &opts.device, opts.dtype)?;
+            let model: Box<dyn CausalLm> = match arch.as_str() {
+                "llama" => Box::new(llama::Llama::load(&llama::LlamaConfig::from_json(&hp)?, &w)?),
+                other => return Err(unsupported(&files.config, other)),
+            };
+            Ok(LoadedModel {
+                model,
+                tokenizer,
+                spec: spec.to_string(),
+                weight_files: files.weights.clone(),
+            })
+        }
+    }
+}
+
+/// Unbiased standard deviation of a matrix's entries (as `torch.std`).
+pub fn tensor_std(t: &Tensor) -> Result<f64> {
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Ok(var.sqrt())
+}
+
+/// The paper's bound on how many tokens `n_vectors` vectors of
+/// `hidden_size` numbers at `bits` bits each can hold:
+/// `n * hidden * bits / log2(vocab)`.
+pub fn theoretical_capacity(hidden_size: usize, vocab_size: usize, n_vectors: usize, bits: f64) -> f64 {
+    n_vectors as f64 * hidden_size as f64 * bits / (vocab_size as f64).log2()
+}

@@ -1,0 +1,328 @@
+//! Differentiable building blocks.
+//!
+//! Everything here has a backward pass with respect to its *input* tensor:
+//! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and rotary
+//! kernels have none, so these are written either as compositions of candle
+//! ops that do, or as custom ops with an explicit backward. Weights are
+//! constants: no gradient is ever computed for them.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
+
+use crate::error::Result;
+
+/// `x @ w.T (+ b)` whose backward returns only the gradient of `x`.
+///
+/// candle's `matmul` backward always computes the weight gradient too: a
+/// weight-sized matmul per linear layer per step that cramming never uses.
+/// This op computes the product outside the graph and attaches a backward
+/// that yields `grad @ w` for the input alone.
+struct InputOnlyLinear {
+    /// `[out, in]` weight.
+    w: Tensor,
+    /// The detached result, handed back by the forward.
+    y: Tensor,
+}
+
+impl CustomOp1 for InputOnlyLinear {
+    fn name(&self) -> &'static str {
+        "input-only-linear"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (storage, layout) = self.y.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("input-only-linear: result is not on the cpu"),
+        }
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (storage, layout) = self.y.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("input-only-linear: result is not on the gpu"),
+        }
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
+/// A linear layer on constant weights: `y = x @ w.T + b` for `x` of shape
+/// `[..., in]` and `w` of shape `[out, in]`.
+///
+/// When `x` is part of a graph being differentiated, the backward computes the
+/// gradient of `x` only.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let in_dim = dims[dims.len() - 1];
+    let out_dim = w.dim(0)?;
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let x2 = x.reshape((rows, in_dim))?;
+    let mut out_dims = dims.clone();
+    *out_dims.last_mut().expect("x has at least one dim") = out_dim;
+    let product = |x2: &Tensor| -> Result<Tensor> {
+        let y = x2.matmul(&w.t()?)?;
+        Ok(match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    };
+    if !x.track_op() {
+        return Ok(product(x2.as_ref())?.reshape(out_dims)?);
+    }
+    let y = product(&x2.detach())?.contiguous()?;
+    let op = InputOnlyLinear { w: w.clone(), y };
+    Ok(x2.apply_op1(op)?.reshape(out_dims)?)
+}
+
+/// The dtype statistics are computed in: f64 stays f64 (used by the
+/// finite-difference tests), everything else is computed in f32.
+fn stat_dtype(x: &Tensor) -> DType {
+    if x.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// Softmax over the last dimension, differentiable.
+///
+/// The row maximum is subtracted for stability; since softmax does not depend
+/// on a per-row shift, the maximum is detached and costs no backward work.
+/// Computed in f32 whatever the input dtype; the result has the input's dtype.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(stat_dtype(x))?;
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?.to_dtype(dtype)?)
+}
+
+/// Log-softmax over the last dimension, differentiable (f32 result, f64 for
+/// f64 input).
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(stat_dtype(x))?;
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// RMSNorm, `x / sqrt(mean(x^2) + eps) * w`, differentiable in `x`.
+///
+/// `w` may be `None` (no scale). `add_one` scales by `1 + w` (Gemma's
+/// convention). The statistics are computed in f32.
+pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f64, add_one: bool) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let sd = stat_dtype(x);
+    let xf = x.to_dtype(sd)?;
+    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    let mut y = xf.broadcast_mul(&inv)?;
+    if let Some(w) = w {
+        let w = w.to_dtype(sd)?;
+        let w = if add_one { (w + 1.0)? } else { w };
+        y = y.broadcast_mul(&w)?;
+    }
+    Ok(y.to_dtype(dtype)?)
+}
+
+/// LayerNorm over the last dimension, differentiable in `x`; `w`/`b` optional
+/// (OLMo's non-parametric norm has neither).
+pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let sd = stat_dtype(x);
+    let xf = x.to_dtype(sd)?;
+    let mean = xf.mean_keepdim(D::Minus1)?;
+    let centered = xf.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let mut y = centered.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?;
+    if let Some(w) = w {
+        y = y.broadcast_mul(&w.to_dtype(sd)?)?;
+    }
+    if let Some(b) = b {
+        y = y.broadcast_add(&b.to_dtype(sd)?)?;
+    }
+    Ok(y.to_dtype(dtype)?)
+}
+
+/// Rotary tables for positions `start..start + len`: `(cos, sin)`, each of
+/// shape `[len, rot_dim]`, in the half-split layout of `transformers`
+/// (`rotate_half`), built from the inverse frequencies `inv_freq`
+/// (`rot_dim / 2` entries).
+pub fn rope_tables(
+    inv_freq: &[f32],
+    start: usize,
+    len: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(len * half * 2);
+    let mut sin = Vec::with_capacity(len * half * 2);
+    for p in start..start + len {
+        for _ in 0..2 {
+            for &f in inv_freq {
+                // Match torch: the angle is computed in f32.
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    let cos = Tensor::from_vec(cos, (len, 2 * half), device)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (len, 2 * half), device)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}
+
+/// Applies rotary embeddings to `x` of shape `[B, heads, T, head_dim]` with
+/// tables of shape `[T, rot_dim]`; only the first `rot_dim` channels rotate
+/// (partial rotary, as GPT-NeoX's `rotary_pct`). Differentiable.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let head_dim = x.dim(D::Minus1)?;
+    let rot = cos.dim(D::Minus1)?;
+    let (x_rot, x_pass) = if rot < head_dim {
+        (x.narrow(D::Minus1, 0, rot)?, Some(x.narrow(D::Minus1, rot, head_dim - rot)?))
+    } else {
+        (x.clone(), None)
+    };
+    let half = rot / 2;
+    let x1 = x_rot.narrow(D::Minus1, 0, half)?;
+    let x2 = x_rot.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    let y = (x_rot.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?;
+    Ok(match x_pass {
+        Some(p) => Tensor::cat(&[&y, &p], D::Minus1)?,
+        None => y,
+    })
+}
+
+/// Per-row negative log-likelihood of `labels` under `logits`.
+///
+/// `logits`: `[N, V]`; `labels`: `[N]` u32. Returns the losses `[N]` (f32,
+/// differentiable) so callers can reduce them per text.
+pub fn token_nll(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let logp = log_softmax_last_dim(logits)?;
+    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+    Ok(picked.neg()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Central finite differences of `sum(f(x) * r)` against autograd.
+    fn check_grad(f: impl Fn(&Tensor) -> Result<Tensor>, shape: &[usize]) {
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let x0 = x0.to_dtype(DType::F64).unwrap();
+        let r = Tensor::randn(0f32, 1.0, f(&x0).unwrap().shape(), &dev)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let x = Var::from_tensor(&x0).unwrap();
+        let loss = (f(x.as_tensor()).unwrap() * &r).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let g = g.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+        let g: Vec<f64> = g.to_vec1().unwrap();
+        let base: Vec<f64> = x0.flatten_all().unwrap().to_vec1().unwrap();
+        let eps = 1e-5;
+        let eval = |v: &[f64]| -> f64 {
+            let t = Tensor::from_slice(v, shape, &dev).unwrap();
+            (f(&t).unwrap() * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let mut max_err = 0f64;
+        for i in 0..base.len() {
+            let mut p = base.clone();
+            p[i] += eps;
+            let mut m = base.clone();
+            m[i] -= eps;
+            let fd = (eval(&p) - eval(&m)) / (2.0 * eps);
+            max_err = max_err.max((fd - g[i]).abs() / (1.0 + fd.abs()));
+        }
+        assert!(max_err < 1e-6, "finite-difference mismatch {max_err}");
+    }
+
+    #[test]
+    fn softmax_grad_matches_finite_differences() {
+        check_grad(softmax_last_dim, &[3, 5]);
+    }
+
+    #[test]
+    fn log_softmax_grad_matches_finite_differences() {
+        check_grad(log_softmax_last_dim, &[2, 7]);
+    }
+
+    #[test]
+    fn rms_norm_grad_matches_finite_differences() {
+        let w = Tensor::new(&[0.5f64, -1.0, 2.0, 1.5], &Device::Cpu).unwrap();
+        check_grad(|x| rms_norm(x, Some(&w), 1e-6, false), &[3, 4]);
+        check_grad(|x| rms_norm(x, Some(&w), 1e-6, true), &[3, 4]);
+    }
+
+    #[test]
+    fn layer_norm_grad_matches_finite_differences() {
+        let w = Tensor::new(&[0.5f64, -1.0, 2.0, 1.5], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0.1f64, 0.2, -0.3, 0.0], &Device::Cpu).unwrap();
+        check_grad(|x| layer_norm(x, Some(&w), Some(&b), 1e-5), &[3, 4]);
+        check_grad(|x| layer_norm(x, None, None, 1e-5), &[2, 4]);
+    }
+
+    #[test]
+    fn rope_grad_matches_finite_differences() {
+        let (c, s) = rope_tables(&[1.0, 0.1], 3, 4, DType::F64, &Device::Cpu).unwrap();
+        check_grad(|x| apply_rope(x, &c, &s), &[1, 2, 4, 4]);
+        check_grad(|x| apply_rope(x, &c, &s), &[1, 1, 4, 6]);
+    }
+
+    #[test]
+    fn linear_grad_matches_finite_differences_and_matmul() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (5, 3), &dev)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let b = Tensor::new(&[0.1f64, 0.2, -0.3, 0.0, 1.0], &dev).unwrap();
+        check_grad(|x| linear(x, &w, Some(&b)), &[2, 4, 3]);
+        let x = Tensor::randn(0f32, 1.0, (4, 3), &dev)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let a = linear(&x, &w, None).unwrap();
+        let e = x.matmul(&w.t().unwrap()).unwrap();
+        let d = (a - e)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(d < 1e-12);
+    }
+
+    #[test]
+    fn token_nll_matches_definition() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[1f32, 2.0, 3.0], [0.0, 0.0, 0.0]], &dev).unwrap();
+        let labels = Tensor::new(&[2u32, 1], &dev).unwrap();
+        let l: Vec<f32> = token_nll(&logits, &labels).unwrap().to_vec1().unwrap();
+        let lse = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
+        assert!((l[0] - (lse - 3.0)).abs() < 1e-6);
+        assert!((l[1] - 3f32.ln()).abs() < 1e-6);
+    }
+}
