@@ -23,7 +23,11 @@ fn main() -> anyhow::Result<()> {
         let loss = nll.mean(D::Minus1)?;
         let t2 = Instant::now();
         let g = loss.backward()?;
-        let _ = g.get(x.as_tensor()).unwrap().sum_all()?.to_scalar::<f32>()?;
+        let _ = g
+            .get(x.as_tensor())
+            .unwrap()
+            .sum_all()?
+            .to_scalar::<f32>()?;
         let t3 = Instant::now();
         println!(
             "fwd {:.1} ms  loss {:.1} ms  bwd {:.1} ms  total {:.1} ms",

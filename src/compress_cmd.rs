@@ -111,14 +111,17 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
         if let Some(l) = args.tokens {
             ids.truncate(l);
         }
-        engine.check_text(&ids).with_context(|| format!("text {i}"))?;
+        engine
+            .check_text(&ids)
+            .with_context(|| format!("text {i}"))?;
         all_ids.push(ids);
     }
     if many {
         std::fs::create_dir_all(&args.output)
             .with_context(|| format!("{}: cannot create folder", args.output.display()))?;
     } else if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
     }
     let identity = ModelIdentity::of(m)?;
     let cfg = engine.config().clone();
@@ -161,7 +164,13 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
     Ok(())
 }
 
-fn meta_for(m: &LoadedModel, identity: &ModelIdentity, cfg: &CramConfig, ids: &[u32], r: &CramResult) -> MemMeta {
+fn meta_for(
+    m: &LoadedModel,
+    identity: &ModelIdentity,
+    cfg: &CramConfig,
+    ids: &[u32],
+    r: &CramResult,
+) -> MemMeta {
     MemMeta {
         format: memfile::FORMAT.into(),
         cram_version: env!("CARGO_PKG_VERSION").into(),
@@ -180,7 +189,14 @@ fn meta_for(m: &LoadedModel, identity: &ModelIdentity, cfg: &CramConfig, ids: &[
     }
 }
 
-fn report(i: usize, path: &Path, r: &CramResult, m: &LoadedModel, json: bool, quiet: bool) -> anyhow::Result<()> {
+fn report(
+    i: usize,
+    path: &Path,
+    r: &CramResult,
+    m: &LoadedModel,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
     if json {
         let mut v = serde_json::to_value(r)?;
         v["index"] = i.into();

@@ -274,7 +274,11 @@ impl<'a> Engine<'a> {
         if cfg.n_mem == 0 {
             return Err(CramError::Input("n_mem must be at least 1".into()));
         }
-        if !(cfg.lr > 0.0) || !(0.0..1.0).contains(&cfg.beta1) || !(0.0..1.0).contains(&cfg.beta2) {
+        if cfg.lr.is_nan()
+            || cfg.lr <= 0.0
+            || !(0.0..1.0).contains(&cfg.beta1)
+            || !(0.0..1.0).contains(&cfg.beta2)
+        {
             return Err(CramError::Input(format!(
                 "invalid optimiser settings: lr {} (must be > 0), betas ({}, {}) (must be in [0, 1))",
                 cfg.lr, cfg.beta1, cfg.beta2
@@ -350,12 +354,16 @@ impl<'a> Engine<'a> {
         let token_embeds: Vec<Tensor> = texts
             .iter()
             .map(|ids| -> Result<Tensor> {
-                Ok(model.embed(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?)?.squeeze(0)?)
+                Ok(model
+                    .embed(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?)?
+                    .squeeze(0)?)
             })
             .collect::<Result<_>>()?;
         let mut step = 0usize;
         loop {
-            let live: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].done.is_none()).collect();
+            let live: Vec<usize> = (0..slots.len())
+                .filter(|&i| slots[i].done.is_none())
+                .collect();
             if live.is_empty() {
                 break;
             }
@@ -401,10 +409,7 @@ impl<'a> Engine<'a> {
                 mean_accuracy: accs.iter().sum::<f64>() / nl,
             });
         }
-        slots
-            .into_iter()
-            .map(|s| self.finish(s))
-            .collect()
+        slots.into_iter().map(|s| self.finish(s)).collect()
     }
 
     /// One forward/backward over the live texts: per-text loss, accuracy,
@@ -481,7 +486,9 @@ impl<'a> Engine<'a> {
                 correct[o] += 1;
             }
         }
-        let accs = (0..b).map(|k| correct[k] as f64 / counts[k] as f64).collect();
+        let accs = (0..b)
+            .map(|k| correct[k] as f64 / counts[k] as f64)
+            .collect();
         let gs = vars
             .iter()
             .map(|var| -> Result<Vec<f32>> {
@@ -511,13 +518,12 @@ impl<'a> Engine<'a> {
         let decay = (1.0 - lr * c.weight_decay) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         let eps = c.eps as f32;
-        for j in 0..s.params.len() {
-            let gj = g[j];
-            s.params[j] *= decay;
-            s.m[j] = b1 * s.m[j] + (1.0 - b1) * gj;
-            s.v[j] = b2 * s.v[j] + (1.0 - b2) * gj * gj;
-            let denom = s.v[j].sqrt() / bc2_sqrt + eps;
-            s.params[j] -= step * s.m[j] / denom;
+        for (((p, m), v), &gj) in s.params.iter_mut().zip(&mut s.m).zip(&mut s.v).zip(g) {
+            *p *= decay;
+            *m = b1 * *m + (1.0 - b1) * gj;
+            *v = b2 * *v + (1.0 - b2) * gj * gj;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            *p -= step * *m / denom;
         }
     }
 

@@ -32,7 +32,10 @@ pub fn greedy_from_embeds(
     }
     let mut logits = model.forward_step(&prefix.detach(), &mut state)?;
     loop {
-        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?.squeeze(0)?;
+        let last = logits
+            .narrow(1, logits.dim(1)? - 1, 1)?
+            .squeeze(1)?
+            .squeeze(0)?;
         let next = argmax(&last.to_vec1::<f32>()?);
         out.push(next);
         if out.len() >= max_new || stop.contains(&next) {
@@ -45,7 +48,12 @@ pub fn greedy_from_embeds(
 }
 
 /// Greedy continuation of a prompt of token ids.
-pub fn greedy(model: &dyn CausalLm, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+pub fn greedy(
+    model: &dyn CausalLm,
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+) -> Result<Vec<u32>> {
     let ids = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
     let e = model.embed(&ids)?;
     greedy_from_embeds(model, &e, max_new, stop)

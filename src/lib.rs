@@ -6,9 +6,10 @@
 //! `[mem]` vectors are optimised against the frozen model, and the results are
 //! stored and reported.
 
+pub mod blas;
+pub mod engine;
 pub mod error;
 pub mod fetch;
-pub mod engine;
 pub mod generate;
 pub mod memfile;
 pub mod model;

@@ -10,7 +10,11 @@ use cram::model::{self, LoadOptions, LoadedModel};
 mod compress_cmd;
 
 #[derive(Parser)]
-#[command(name = "cram", version, about = "Cram text into the input embeddings of a language model, and back")]
+#[command(
+    name = "cram",
+    version,
+    about = "Cram text into the input embeddings of a language model, and back"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,7 +103,8 @@ impl ModelArgs {
                     .transpose()
                     .context("--device: expected cuda or cuda:N")?
                     .unwrap_or(0);
-                candle_core::Device::new_cuda(idx).context("--device: cannot open the CUDA device")?
+                candle_core::Device::new_cuda(idx)
+                    .context("--device: cannot open the CUDA device")?
             }
             other => anyhow::bail!("--device: unknown device `{other}` (expected cpu or cuda[:N])"),
         };
@@ -130,7 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("architecture:     {}", info.architecture);
                 println!("layers:           {}", info.num_layers);
                 println!("hidden size:      {}", info.hidden_size);
-                println!("heads:            {} (key/value heads: {})", info.num_heads, info.num_kv_heads);
+                println!(
+                    "heads:            {} (key/value heads: {})",
+                    info.num_heads, info.num_kv_heads
+                );
                 println!("vocabulary:       {}", info.vocab_size);
                 println!("context length:   {}", info.context_length);
                 println!("parameters:       {}", info.num_parameters);
@@ -180,7 +188,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let text = m.tokenizer.decode(&ids, true)?;
             if json {
-                let v = serde_json::json!({"prompt_ids": prompt_ids, "token_ids": ids, "text": text});
+                let v =
+                    serde_json::json!({"prompt_ids": prompt_ids, "token_ids": ids, "text": text});
                 println!("{v}");
             } else {
                 println!("{prompt}{text}");
@@ -191,6 +200,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Pick the matmul backend before candle starts its CPU thread pool.
+    cram::blas::get();
     let cli = Cli::parse();
     let filter = if cli.quiet { "error" } else { "warn" };
     tracing_subscriber::fmt()

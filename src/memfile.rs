@@ -59,7 +59,8 @@ impl ModelIdentity {
     /// Whether two identities name the same weights and tokenizer (the name
     /// the user typed may differ).
     pub fn same_model(&self, other: &Self) -> bool {
-        self.weights_sha256 == other.weights_sha256 && self.tokenizer_sha256 == other.tokenizer_sha256
+        self.weights_sha256 == other.weights_sha256
+            && self.tokenizer_sha256 == other.tokenizer_sha256
     }
 }
 
@@ -204,11 +205,18 @@ pub fn read(path: &Path) -> Result<(Vec<f32>, MemMeta)> {
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| bad(format!("no `{META_KEY}` metadata: not a file written by cram compress")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "no `{META_KEY}` metadata: not a file written by cram compress"
+            ))
+        })?;
     let meta: MemMeta =
         serde_json::from_str(json).map_err(|e| bad(format!("invalid cram metadata: {e}")))?;
     if meta.format != FORMAT {
-        return Err(bad(format!("unsupported format `{}` (expected {FORMAT})", meta.format)));
+        return Err(bad(format!(
+            "unsupported format `{}` (expected {FORMAT})",
+            meta.format
+        )));
     }
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;

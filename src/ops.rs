@@ -54,6 +54,98 @@ impl CustomOp1 for InputOnlyLinear {
     }
 }
 
+/// Borrows the f32 data of a contiguous CPU tensor.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        candle_core::bail!("expected an f32 cpu tensor");
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("expected a contiguous tensor");
+    };
+    Ok(f(&data[a..b]))
+}
+
+/// `y = x @ w.T + b` on the CPU through BLAS, backward to `x` only.
+struct BlasLinear {
+    /// `[out, in]`, contiguous f32.
+    w: Tensor,
+    b: Option<Tensor>,
+    blas: &'static crate::blas::Blas,
+}
+
+impl CustomOp1 for BlasLinear {
+    fn name(&self) -> &'static str {
+        "blas-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = s else {
+            candle_core::bail!("blas-linear: expected f32 input");
+        };
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("blas-linear: expected a contiguous input");
+        };
+        let x = &x[o0..o1];
+        let (out, inp) = self.w.dims2()?;
+        let rows = x.len() / inp;
+        let mut y = vec![0f32; rows * out];
+        let beta = match &self.b {
+            Some(b) => {
+                with_cpu_f32(b, |b| {
+                    for r in y.chunks_exact_mut(out) {
+                        r.copy_from_slice(b);
+                    }
+                })?;
+                1.0
+            }
+            None => 0.0,
+        };
+        with_cpu_f32(&self.w, |w| {
+            self.blas.gemm(rows, out, inp, x, w, true, beta, &mut y)
+        })?;
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let op = BlasMatmul {
+            w: self.w.clone(),
+            blas: self.blas,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// `g @ w` for `g` `[rows, out]` and `w` `[out, in]`: the input gradient of
+/// [`BlasLinear`].
+struct BlasMatmul {
+    w: Tensor,
+    blas: &'static crate::blas::Blas,
+}
+
+impl CustomOp1 for BlasMatmul {
+    fn name(&self) -> &'static str {
+        "blas-linear-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(g) = s else {
+            candle_core::bail!("blas-linear-backward: expected f32 input");
+        };
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            candle_core::bail!("blas-linear-backward: expected a contiguous input");
+        };
+        let g = &g[o0..o1];
+        let (out, inp) = self.w.dims2()?;
+        let rows = g.len() / out;
+        let mut dx = vec![0f32; rows * inp];
+        with_cpu_f32(&self.w, |w| {
+            self.blas.gemm(rows, inp, out, g, w, false, 0.0, &mut dx)
+        })?;
+        Ok((CpuStorage::F32(dx), Shape::from((rows, inp))))
+    }
+}
+
 /// A linear layer on constant weights: `y = x @ w.T + b` for `x` of shape
 /// `[..., in]` and `w` of shape `[out, in]`.
 ///
@@ -74,6 +166,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
             None => y,
         })
     };
+    if let (true, DType::F32, Some(blas)) = (x.device().is_cpu(), x.dtype(), crate::blas::get()) {
+        if w.is_contiguous() && b.is_none_or(|b| b.is_contiguous()) {
+            let op = BlasLinear {
+                w: w.clone(),
+                b: b.cloned(),
+                blas,
+            };
+            return Ok(x2.contiguous()?.apply_op1(op)?.reshape(out_dims)?);
+        }
+    }
     if !x.track_op() {
         return Ok(product(x2.as_ref())?.reshape(out_dims)?);
     }
@@ -190,7 +292,10 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let head_dim = x.dim(D::Minus1)?;
     let rot = cos.dim(D::Minus1)?;
     let (x_rot, x_pass) = if rot < head_dim {
-        (x.narrow(D::Minus1, 0, rot)?, Some(x.narrow(D::Minus1, rot, head_dim - rot)?))
+        (
+            x.narrow(D::Minus1, 0, rot)?,
+            Some(x.narrow(D::Minus1, rot, head_dim - rot)?),
+        )
     } else {
         (x.clone(), None)
     };

@@ -43,7 +43,10 @@ fn read_jsonl(path: &Path, field: &str) -> Result<Vec<String>> {
 
 fn read_csv(path: &Path, field: &str) -> Result<Vec<String>> {
     let mut rdr = csv::Reader::from_path(path).map_err(|e| CramError::bad_file(path, e))?;
-    let headers = rdr.headers().map_err(|e| CramError::bad_file(path, e))?.clone();
+    let headers = rdr
+        .headers()
+        .map_err(|e| CramError::bad_file(path, e))?
+        .clone();
     let col = headers.iter().position(|h| h == field).ok_or_else(|| {
         CramError::bad_file(
             path,

@@ -267,8 +267,9 @@ impl TextTokenizer {
         generation_config: Option<&Path>,
     ) -> Result<Self> {
         let text = std::fs::read(tokenizer_json).map_err(|e| CramError::io(tokenizer_json, e))?;
-        let mut tokenizer =
-            Tokenizer::from_bytes(&text).map_err(|e| CramError::bad_file(tokenizer_json, e))?;
+        let mut tokenizer = Tokenizer::from_bytes(&text).map_err(|e| {
+            CramError::bad_file(tokenizer_json, format!("not a valid tokenizer.json: {e}"))
+        })?;
         let tok_config = tokenizer_config.map(read_json).transpose()?;
         let config = config_json.map(read_json).transpose()?;
         let gen_config = generation_config.map(read_json).transpose()?;

@@ -10,6 +10,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{CramError, Result};
+use crate::model::candle_message;
 
 /// Where the tensors come from.
 enum Store {
@@ -107,8 +108,12 @@ impl Weights {
         }
         // SAFETY: the files are memory-mapped read-only; cram never writes to
         // a weights file while a model is loaded.
-        let st = unsafe { MmapedSafetensors::multi(files) }
-            .map_err(|e| CramError::bad_file(&first, format!("not a valid safetensors file: {e}")))?;
+        let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
+            CramError::bad_file(
+                &first,
+                format!("not a valid safetensors file: {}", candle_message(e)),
+            )
+        })?;
         let names = st.tensors().into_iter().map(|(n, _)| n).collect();
         let path = if files.len() == 1 {
             first
@@ -220,7 +225,7 @@ impl Weights {
                 }
                 let t = files
                     .load(name, &Device::Cpu)
-                    .map_err(|e| self.bad_tensor(name, e.to_string()))?;
+                    .map_err(|e| self.bad_tensor(name, candle_message(e)))?;
                 Ok(Some(t.to_dtype(DType::F32)?))
             }
             Store::Gguf {
@@ -231,12 +236,12 @@ impl Weights {
                     return Ok(None);
                 };
                 let mut f = File::open(&self.path).map_err(|e| CramError::io(&self.path, e))?;
-                let q = content
-                    .tensor(&mut f, gname, &Device::Cpu)
-                    .map_err(|e| self.bad_tensor(gname, format!("cannot read: {e}")))?;
-                let t = q
-                    .dequantize(&Device::Cpu)
-                    .map_err(|e| self.bad_tensor(gname, format!("cannot dequantise: {e}")))?;
+                let q = content.tensor(&mut f, gname, &Device::Cpu).map_err(|e| {
+                    self.bad_tensor(gname, format!("cannot read: {}", candle_message(e)))
+                })?;
+                let t = q.dequantize(&Device::Cpu).map_err(|e| {
+                    self.bad_tensor(gname, format!("cannot dequantise: {}", candle_message(e)))
+                })?;
                 Ok(Some(t))
             }
         }
@@ -250,7 +255,10 @@ impl Weights {
         let t = if t.dims() == shape {
             t
         } else if t.elem_count() == shape.iter().product::<usize>()
-            && t.dims().iter().filter(|&&d| d != 1).eq(shape.iter().filter(|&&d| d != 1))
+            && t.dims()
+                .iter()
+                .filter(|&&d| d != 1)
+                .eq(shape.iter().filter(|&&d| d != 1))
         {
             // GGUF stores 1-d tensors that HF keeps as [1, n] (and vice versa).
             t.reshape(shape)?

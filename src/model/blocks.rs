@@ -19,7 +19,13 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) of shape `[out, in]`.
-    pub fn load(w: &Weights, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let weight = w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
         let b = if bias {
             Some(w.get(&format!("{prefix}.bias"), &[out_dim])?)
@@ -177,7 +183,13 @@ impl Rotary {
     }
 
     /// `(cos, sin)` tables for positions `start..start + len`.
-    pub fn tables(&self, start: usize, len: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn tables(
+        &self,
+        start: usize,
+        len: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         ops::rope_tables(&self.inv_freq, start, len, dtype, dev)
     }
 }
@@ -259,8 +271,7 @@ impl Attention {
             return Ok(x);
         }
         let (b, kv, t, d) = x.dims4()?;
-        Ok(x
-            .unsqueeze(2)?
+        Ok(x.unsqueeze(2)?
             .broadcast_as((b, kv, rep, t, d))?
             .reshape((b, kv * rep, t, d))?)
     }

@@ -56,12 +56,21 @@ impl LlamaConfig {
         let hidden_size = c.usize("hidden_size")?;
         let num_heads = c.usize("num_attention_heads")?;
         let num_kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
-        let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads.max(1));
+        let head_dim = c
+            .opt_usize("head_dim")?
+            .unwrap_or(hidden_size / num_heads.max(1));
         let mut llama3_scaling = None;
         let mut linear_scaling = None;
-        if c.raw("rope_scaling").is_some() {
+        // transformers v5 writes `rope_parameters`; earlier versions
+        // `rope_scaling` (plus a top-level `rope_theta`).
+        let rope_key = if c.raw("rope_scaling").is_some() {
+            "rope_scaling"
+        } else {
+            "rope_parameters"
+        };
+        if c.raw(rope_key).is_some() {
             let kind = c
-                .raw("rope_scaling")
+                .raw(rope_key)
                 .and_then(|o| o.get("rope_type").or_else(|| o.get("type")))
                 .and_then(|v| v.as_str())
                 .unwrap_or("default")
@@ -69,19 +78,19 @@ impl LlamaConfig {
             match kind.as_str() {
                 "llama3" => {
                     llama3_scaling = Some(Llama3Scaling {
-                        factor: c.nested_f64("rope_scaling", "factor")?,
-                        low_freq_factor: c.nested_f64("rope_scaling", "low_freq_factor")?,
-                        high_freq_factor: c.nested_f64("rope_scaling", "high_freq_factor")?,
+                        factor: c.nested_f64(rope_key, "factor")?,
+                        low_freq_factor: c.nested_f64(rope_key, "low_freq_factor")?,
+                        high_freq_factor: c.nested_f64(rope_key, "high_freq_factor")?,
                         original_max_position_embeddings: c
-                            .nested_f64("rope_scaling", "original_max_position_embeddings")?,
+                            .nested_f64(rope_key, "original_max_position_embeddings")?,
                     })
                 }
-                "linear" => linear_scaling = Some(c.nested_f64("rope_scaling", "factor")?),
+                "linear" => linear_scaling = Some(c.nested_f64(rope_key, "factor")?),
                 "default" => {}
                 other => {
                     return Err(CramError::bad_config(
                         c.path().display(),
-                        "rope_scaling.rope_type",
+                        format!("{rope_key}.rope_type"),
                         format!("unsupported rope scaling `{other}` (supported: llama3, linear)"),
                     ))
                 }
@@ -89,7 +98,11 @@ impl LlamaConfig {
         }
         let act_name = c.opt_str("hidden_act")?.unwrap_or_else(|| "silu".into());
         let act = Activation::from_hf(&act_name).ok_or_else(|| {
-            CramError::bad_config(c.path().display(), "hidden_act", format!("unsupported `{act_name}`"))
+            CramError::bad_config(
+                c.path().display(),
+                "hidden_act",
+                format!("unsupported `{act_name}`"),
+            )
         })?;
         let cfg = Self {
             hidden_size,
@@ -100,7 +113,14 @@ impl LlamaConfig {
             head_dim,
             vocab_size: c.usize("vocab_size")?,
             rms_norm_eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-            rope_theta: c.opt_f64("rope_theta")?.unwrap_or(10000.0),
+            rope_theta: match c.opt_f64("rope_theta")? {
+                Some(t) => t,
+                None => c
+                    .raw("rope_parameters")
+                    .and_then(|o| o.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(10000.0),
+            },
             llama3_scaling,
             linear_scaling,
             max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
@@ -129,12 +149,10 @@ impl LlamaConfig {
                 .tensor_infos
                 .get("token_embd.weight")
                 .map(|t| t.shape.dims()[0])
-                .ok_or_else(|| {
-                    CramError::BadTensor {
-                        path: g.path().to_path_buf(),
-                        tensor: "token_embd.weight".into(),
-                        msg: "missing".into(),
-                    }
+                .ok_or_else(|| CramError::BadTensor {
+                    path: g.path().to_path_buf(),
+                    tensor: "token_embd.weight".into(),
+                    msg: "missing".into(),
                 })?,
         };
         let cfg = Self {
@@ -145,14 +163,17 @@ impl LlamaConfig {
             num_kv_heads,
             head_dim,
             vocab_size,
-            rms_norm_eps: g.opt_f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rms_norm_eps: g
+                .opt_f64("attention.layer_norm_rms_epsilon")?
+                .unwrap_or(1e-5),
             rope_theta: g.opt_f64("rope.freq_base")?.unwrap_or(10000.0),
             llama3_scaling: None,
-            linear_scaling: g
-                .opt_f64("rope.scaling.factor")?
-                .filter(|_| g.content().metadata.get("llama.rope.scaling.type").is_some_and(|v| {
-                    v.to_string().map(|s| s == "linear").unwrap_or(false)
-                })),
+            linear_scaling: g.opt_f64("rope.scaling.factor")?.filter(|_| {
+                g.content()
+                    .metadata
+                    .get("llama.rope.scaling.type")
+                    .is_some_and(|v| v.to_string().map(|s| s == "linear").unwrap_or(false))
+            }),
             max_position_embeddings: g.opt_usize("context_length")?.unwrap_or(2048),
             tie_word_embeddings: !g.content().tensor_infos.contains_key("output.weight"),
             attention_bias: g.content().tensor_infos.contains_key("blk.0.attn_q.bias"),
@@ -168,14 +189,20 @@ impl LlamaConfig {
         if self.num_heads == 0 || self.num_kv_heads == 0 {
             return bad("num_attention_heads", "must be positive".into());
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
                 "num_key_value_heads",
-                format!("{} does not divide num_attention_heads {}", self.num_kv_heads, self.num_heads),
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    self.num_kv_heads, self.num_heads
+                ),
             );
         }
-        if self.head_dim % 2 != 0 {
-            return bad("head_dim", format!("{} is odd; rotary needs an even head width", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(
+                "head_dim",
+                format!("{} is odd; rotary needs an even head width", self.head_dim),
+            );
         }
         Ok(())
     }
@@ -203,8 +230,7 @@ pub struct Llama {
 /// weights match `transformers`' half-split layout.
 fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
-    Ok(w
-        .reshape((heads, out / heads / 2, 2, inp))?
+    Ok(w.reshape((heads, out / heads / 2, 2, inp))?
         .transpose(1, 2)?
         .reshape((out, inp))?)
 }
@@ -217,7 +243,9 @@ impl Llama {
         let kvd = cfg.num_kv_heads * cfg.head_dim;
         let emb_f32 = w.get_f32("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let embedding_std = tensor_std(&emb_f32)?;
-        let embed = Embedding { w: w.place(&emb_f32)? };
+        let embed = Embedding {
+            w: w.place(&emb_f32)?,
+        };
         let mut rotary = Rotary::new(cfg.rope_theta, cfg.head_dim);
         if let Some(s) = cfg.llama3_scaling {
             rotary = rotary.llama3(s);
@@ -231,19 +259,20 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
-            let proj = |name: &str, in_d: usize, out_d: usize, heads: Option<usize>| -> Result<Linear> {
-                let prefix = format!("{p}.self_attn.{name}");
-                let mut lin = Linear::load(w, &prefix, in_d, out_d, cfg.attention_bias)?;
-                if let (Some(heads), true) = (heads, w.is_gguf()) {
-                    let wf = w.get_f32(&format!("{prefix}.weight"), &[out_d, in_d])?;
-                    lin.w = w.place(&unpermute(&wf, heads)?)?;
-                    if let Some(b) = w.get_f32_opt(&format!("{prefix}.bias"), &[out_d])? {
-                        let b = unpermute(&b.reshape((out_d, 1))?, heads)?.reshape(out_d)?;
-                        lin.b = Some(w.place(&b)?);
+            let proj =
+                |name: &str, in_d: usize, out_d: usize, heads: Option<usize>| -> Result<Linear> {
+                    let prefix = format!("{p}.self_attn.{name}");
+                    let mut lin = Linear::load(w, &prefix, in_d, out_d, cfg.attention_bias)?;
+                    if let (Some(heads), true) = (heads, w.is_gguf()) {
+                        let wf = w.get_f32(&format!("{prefix}.weight"), &[out_d, in_d])?;
+                        lin.w = w.place(&unpermute(&wf, heads)?)?;
+                        if let Some(b) = w.get_f32_opt(&format!("{prefix}.bias"), &[out_d])? {
+                            let b = unpermute(&b.reshape((out_d, 1))?, heads)?.reshape(out_d)?;
+                            lin.b = Some(w.place(&b)?);
+                        }
                     }
-                }
-                Ok(lin)
-            };
+                    Ok(lin)
+                };
             let attn = Attention {
                 q: proj("q_proj", h, qd, Some(cfg.num_heads))?,
                 k: proj("k_proj", h, kvd, Some(cfg.num_kv_heads))?,
@@ -259,7 +288,13 @@ impl Llama {
                 window: None,
             };
             layers.push(Layer {
-                input_norm: Norm::rms(w, &format!("{p}.input_layernorm"), h, cfg.rms_norm_eps, false)?,
+                input_norm: Norm::rms(
+                    w,
+                    &format!("{p}.input_layernorm"),
+                    h,
+                    cfg.rms_norm_eps,
+                    false,
+                )?,
                 attn,
                 post_norm: Norm::rms(
                     w,
@@ -288,7 +323,12 @@ impl Llama {
         let num_parameters = embed.w.elem_count()
             + layers
                 .iter()
-                .map(|l| l.input_norm.num_params() + l.attn.num_params() + l.post_norm.num_params() + l.mlp.num_params())
+                .map(|l| {
+                    l.input_norm.num_params()
+                        + l.attn.num_params()
+                        + l.post_norm.num_params()
+                        + l.mlp.num_params()
+                })
                 .sum::<usize>()
             + norm.num_params()
             + if tied { 0 } else { lm_head.num_params() };
@@ -317,11 +357,19 @@ impl Llama {
         })
     }
 
-    fn run(&self, x: &Tensor, start: usize, bias: &Tensor, mut state: Option<&mut DecodeState>) -> Result<Tensor> {
+    fn run(
+        &self,
+        x: &Tensor,
+        start: usize,
+        bias: &Tensor,
+        mut state: Option<&mut DecodeState>,
+    ) -> Result<Tensor> {
         let mut x = x.to_dtype(self.dtype)?;
         for (i, l) in self.layers.iter().enumerate() {
             let st = state.as_deref_mut().map(|s| &mut s.layers[i]);
-            let a = l.attn.forward(&l.input_norm.forward(&x)?, start, bias, st)?;
+            let a = l
+                .attn
+                .forward(&l.input_norm.forward(&x)?, start, bias, st)?;
             x = (x + a)?;
             let m = l.mlp.forward(&l.post_norm.forward(&x)?)?;
             x = (x + m)?;
@@ -363,5 +411,50 @@ impl CausalLm for Llama {
 
     fn dtype(&self) -> DType {
         self.dtype
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> Result<LlamaConfig> {
+        let mut v = serde_json::json!({
+            "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        LlamaConfig::from_json(&Json::new(&v, std::path::Path::new("config.json")))
+    }
+
+    #[test]
+    fn rope_parameters_of_transformers_v5_are_read() {
+        let c = config(serde_json::json!({"rope_parameters": {
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64}}))
+        .unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.llama3_scaling.unwrap().factor, 8.0);
+        let c = config(serde_json::json!({"rope_scaling": null, "rope_theta": 1e5})).unwrap();
+        assert!(c.llama3_scaling.is_none());
+        assert_eq!(c.rope_theta, 1e5);
+    }
+
+    #[test]
+    fn bad_rope_type_and_heads_are_errors_naming_the_field() {
+        let e = config(serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rope_scaling.rope_type") && e.contains("yarn"),
+            "{e}"
+        );
+        let e = config(serde_json::json!({"num_key_value_heads": 3}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_key_value_heads"), "{e}");
     }
 }

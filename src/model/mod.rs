@@ -152,29 +152,52 @@ fn unsupported(path: &Path, arch: &str) -> CramError {
     }
 }
 
+/// The message of a candle error, without the backtrace candle appends
+/// when `RUST_BACKTRACE` is set, so that it fits on one line.
+pub(crate) fn candle_message(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(*inner),
+        e => e.to_string(),
+    }
+}
+
 /// Reads a GGUF file's header and metadata, with a clear error for a file
 /// that is not GGUF or is truncated.
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
     let mut f = std::fs::File::open(path).map_err(|e| CramError::io(path, e))?;
-    let content = gguf_file::Content::read(&mut f)
-        .map_err(|e| CramError::bad_file(path, format!("not a valid GGUF file: {e}")))?;
+    let content = gguf_file::Content::read(&mut f).map_err(|e| {
+        CramError::bad_file(
+            path,
+            format!(
+                "not a valid GGUF file (truncated or corrupt header): {}",
+                candle_message(e)
+            ),
+        )
+    })?;
     // A truncated file has a complete header but not all of its tensor data.
-    let len = f
-        .metadata()
-        .map_err(|e| CramError::io(path, e))?
-        .len();
-    for (name, info) in &content.tensor_infos {
-        let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
-            * info.ggml_dtype.type_size();
-        let end = content.tensor_data_offset + info.offset + bytes as u64;
-        if end > len {
-            return Err(CramError::bad_file(
-                path,
-                format!(
-                    "truncated GGUF file: tensor `{name}` ends at byte {end} but the file has {len} bytes"
-                ),
-            ));
-        }
+    let len = f.metadata().map_err(|e| CramError::io(path, e))?.len();
+    // Report the tensor that ends last, so the message does not depend on
+    // the order of the tensor map.
+    let last = content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| {
+            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
+                * info.ggml_dtype.type_size();
+            (
+                content.tensor_data_offset + info.offset + bytes as u64,
+                name,
+            )
+        })
+        .max();
+    if let Some((end, name)) = last.filter(|(end, _)| *end > len) {
+        return Err(CramError::bad_file(
+            path,
+            format!(
+                "truncated GGUF file: it has {len} bytes but its tensor data needs {end} \
+                 (tensor `{name}` ends there)"
+            ),
+        ));
     }
     Ok(content)
 }
@@ -186,6 +209,8 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 /// Resolves `spec` (alias, path or hub id) and loads the model and tokenizer.
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    // Pick the matmul backend before candle starts its CPU thread pool.
+    crate::blas::get();
     match source::resolve(spec)? {
         ModelSource::Gguf { path } => {
             let content = read_gguf(&path)?;
@@ -221,7 +246,10 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             )?;
             let w = Weights::from_safetensors(&files.weights, &opts.device, opts.dtype)?;
             let model: Box<dyn CausalLm> = match arch.as_str() {
-                "llama" => Box::new(llama::Llama::load(&llama::LlamaConfig::from_json(&hp)?, &w)?),
+                "llama" => Box::new(llama::Llama::load(
+                    &llama::LlamaConfig::from_json(&hp)?,
+                    &w,
+                )?),
                 other => return Err(unsupported(&files.config, other)),
             };
             Ok(LoadedModel {
@@ -246,6 +274,11 @@ pub fn tensor_std(t: &Tensor) -> Result<f64> {
 /// The paper's bound on how many tokens `n_vectors` vectors of
 /// `hidden_size` numbers at `bits` bits each can hold:
 /// `n * hidden * bits / log2(vocab)`.
-pub fn theoretical_capacity(hidden_size: usize, vocab_size: usize, n_vectors: usize, bits: f64) -> f64 {
+pub fn theoretical_capacity(
+    hidden_size: usize,
+    vocab_size: usize,
+    n_vectors: usize,
+    bits: f64,
+) -> f64 {
     n_vectors as f64 * hidden_size as f64 * bits / (vocab_size as f64).log2()
 }

@@ -1,0 +1,333 @@
+//! Bad input through the `cram` binary: every case exits with code 2 and one
+//! `error:` line on stderr that names the file and the problem, never a
+//! panic. Also the good paths those cases are variations of: a model folder,
+//! generation, and a model found in a hand-made Hugging Face hub cache.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value as Json;
+use tempfile::TempDir;
+
+const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const DROPPED: &str = "model.layers.1.mlp.up_proj.weight";
+/// The files of a Hugging Face model folder in the fixtures (not the
+/// reference outputs).
+const HF_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+fn smollm2_gguf() -> PathBuf {
+    let path = cram::source::models_dir().join(SMOLLM2_FILE);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo run -- fetch smollm2-135m` first (or set CRAM_MODELS_DIR)",
+        path.display()
+    );
+    path
+}
+
+/// A copy of the `llama_gqa_tied` fixture's model files in `dir`.
+fn copy_tiny_model(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let src = fixture_dir("llama_gqa_tied");
+    for name in HF_FILES {
+        fs::copy(src.join(name), dir.join(name)).unwrap_or_else(|e| panic!("copy {name}: {e}"));
+    }
+}
+
+/// A temporary copy of the tiny model, to be broken by the caller.
+fn tiny_model_copy() -> (TempDir, PathBuf) {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("tiny-llama");
+    copy_tiny_model(&dir);
+    (tmp, dir)
+}
+
+/// Runs `cram ARGS` in an empty working folder, offline (with an empty hub
+/// cache unless `env` names one), with the given extra environment.
+fn cram(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let cwd = TempDir::new().unwrap();
+    let empty_hub = cwd.path().join("hub");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cram"));
+    cmd.args(args)
+        .current_dir(cwd.path())
+        .env_remove("RUST_LOG")
+        // Backtraces asked for must not spill into the one-line message.
+        .env("RUST_BACKTRACE", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", &empty_hub);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("cannot run the cram binary")
+}
+
+fn inspect(model: &Path) -> Output {
+    cram(&["inspect", "--model", model.to_str().unwrap()], &[])
+}
+
+/// Checks the error contract and that the message contains every needle;
+/// returns the message.
+fn expect_error(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "the program panicked\n{ctx}");
+    assert_eq!(out.status.code(), Some(2), "exit status\n{ctx}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr\n{ctx}");
+    let line = lines[0];
+    assert!(line.starts_with("error: "), "no `error:` prefix\n{ctx}");
+    assert!(
+        line.len() > "error: ".len() + 10,
+        "the message says nothing\n{ctx}"
+    );
+    for needle in needles {
+        assert!(line.contains(needle), "the message lacks {needle:?}\n{ctx}");
+    }
+    println!("{line}");
+    line.to_string()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// Rewrites `dir/model.safetensors`, letting `edit` drop (None) or replace
+/// each tensor's shape.
+fn rewrite_weights(dir: &Path, edit: impl Fn(&str, &[usize]) -> Option<Vec<usize>>) {
+    use safetensors::tensor::{SafeTensors, TensorView};
+    let path = dir.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut kept = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some(shape) = edit(&name, view.shape()) {
+            let v = TensorView::new(view.dtype(), shape, view.data()).unwrap();
+            kept.push((name, v));
+        }
+    }
+    let out = safetensors::serialize(kept, None).unwrap();
+    fs::write(&path, out).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Json>)) {
+    let path = dir.join("config.json");
+    let mut v: Json = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    edit(v.as_object_mut().unwrap());
+    fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+fn copy_prefix(src: &Path, dst: &Path, n: usize) {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    fs::File::open(src).unwrap().read_exact(&mut buf).unwrap();
+    fs::write(dst, buf).unwrap();
+}
+
+// ---- bad input ----------------------------------------------------------------
+
+#[test]
+fn truncated_gguf() {
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.path().join("truncated.gguf");
+    copy_prefix(&smollm2_gguf(), &path, 5 << 20);
+    let out = inspect(&path);
+    expect_error(
+        &out,
+        &[path_str(&path), "truncated", &(5u64 << 20).to_string()],
+    );
+}
+
+#[test]
+fn gguf_cut_inside_header() {
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.path().join("header.gguf");
+    copy_prefix(&smollm2_gguf(), &path, 1000);
+    let out = inspect(&path);
+    expect_error(&out, &[path_str(&path), "GGUF", "truncated"]);
+}
+
+#[test]
+fn missing_tensor() {
+    let (_tmp, dir) = tiny_model_copy();
+    rewrite_weights(&dir, |name, shape| {
+        (name != DROPPED).then(|| shape.to_vec())
+    });
+    let out = inspect(&dir);
+    let weights = dir.join("model.safetensors");
+    expect_error(&out, &[path_str(&weights), DROPPED, "missing"]);
+}
+
+#[test]
+fn tensor_of_the_wrong_shape() {
+    let (_tmp, dir) = tiny_model_copy();
+    rewrite_weights(&dir, |name, shape| {
+        if name == DROPPED {
+            assert_eq!(shape, [128, 64]);
+            Some(vec![64, 128])
+        } else {
+            Some(shape.to_vec())
+        }
+    });
+    let out = inspect(&dir);
+    let weights = dir.join("model.safetensors");
+    expect_error(
+        &out,
+        &[path_str(&weights), DROPPED, "[128, 64]", "[64, 128]"],
+    );
+}
+
+#[test]
+fn unsupported_architecture() {
+    let (_tmp, dir) = tiny_model_copy();
+    edit_config(&dir, |c| {
+        c.insert("model_type".into(), "transformer-xl".into());
+    });
+    let out = inspect(&dir);
+    let config = dir.join("config.json");
+    let msg = expect_error(&out, &[path_str(&config), "transformer-xl", "supported"]);
+    for arch in cram::model::SUPPORTED_ARCHITECTURES {
+        assert!(msg.contains(arch), "{msg:?} does not list `{arch}`");
+    }
+}
+
+#[test]
+fn config_without_hidden_size() {
+    let (_tmp, dir) = tiny_model_copy();
+    edit_config(&dir, |c| {
+        assert!(c.remove("hidden_size").is_some());
+    });
+    let out = inspect(&dir);
+    let config = dir.join("config.json");
+    expect_error(&out, &[path_str(&config), "hidden_size", "missing"]);
+}
+
+#[test]
+fn folder_without_tokenizer() {
+    let (_tmp, dir) = tiny_model_copy();
+    fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let out = inspect(&dir);
+    expect_error(&out, &[path_str(&dir), "tokenizer.json", "missing"]);
+}
+
+#[test]
+fn nonexistent_path() {
+    let out = inspect(Path::new("/nonexistent/model.gguf"));
+    expect_error(&out, &["/nonexistent/model.gguf", "no such file"]);
+}
+
+#[test]
+fn corrupt_tokenizer_json() {
+    let (_tmp, dir) = tiny_model_copy();
+    let tok = dir.join("tokenizer.json");
+    let text = fs::read_to_string(&tok).unwrap();
+    fs::write(&tok, &text[..text.len() / 2]).unwrap();
+    let out = inspect(&dir);
+    expect_error(&out, &[path_str(&tok), "not a valid tokenizer.json"]);
+}
+
+// ---- the good paths -----------------------------------------------------------
+
+fn expect_success(out: &Output) -> Json {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status.code()
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\nstdout:\n{stdout}"))
+}
+
+fn reference(name: &str) -> Json {
+    let path = fixture_dir(name).join("reference.json");
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn inspect_fixture_folder_as_json() {
+    for name in ["llama_gqa_tied", "llama_rope3_bias"] {
+        let dir = fixture_dir(name);
+        let v = expect_success(&cram(
+            &["inspect", "--model", path_str(&dir), "--json"],
+            &[],
+        ));
+        let cfg = &reference(name)["config"];
+        assert_eq!(v["architecture"], "llama", "{name}: {v}");
+        assert_eq!(v["hidden_size"], cfg["hidden_size"], "{name}: {v}");
+        assert_eq!(v["num_layers"], cfg["num_hidden_layers"], "{name}: {v}");
+        assert_eq!(v["vocab_size"], cfg["vocab_size"], "{name}: {v}");
+        assert_eq!(v["num_parameters"], cfg["num_parameters"], "{name}: {v}");
+        assert_eq!(v["model"], path_str(&dir), "{name}: {v}");
+    }
+}
+
+#[test]
+fn generate_matches_fixture() {
+    let dir = fixture_dir("llama_gqa_tied");
+    let r = reference("llama_gqa_tied");
+    let case = r["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["prompt"] == "The keeper")
+        .expect("a greedy case for \"The keeper\"")
+        .clone();
+    let v = expect_success(&cram(
+        &[
+            "generate",
+            "--model",
+            path_str(&dir),
+            "--prompt",
+            "The keeper",
+            "--max-new-tokens",
+            "20",
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(v["prompt_ids"], case["prompt_ids"], "{v}");
+    assert_eq!(v["token_ids"], case["token_ids"], "{v}");
+    assert!(v["text"].is_string(), "{v}");
+}
+
+/// A hub cache laid out by hand, as `huggingface_hub` does it.
+fn fake_hub_cache() -> TempDir {
+    let hub = TempDir::new().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = hub.path().join("models--test-org--tiny-llama");
+    fs::create_dir_all(repo.join("refs")).unwrap();
+    fs::write(repo.join("refs").join("main"), commit).unwrap();
+    copy_tiny_model(&repo.join("snapshots").join(commit));
+    hub
+}
+
+#[test]
+fn hub_id_from_local_cache() {
+    let hub = fake_hub_cache();
+    let env = [("HF_HUB_CACHE", hub.path())];
+    let v = expect_success(&cram(
+        &["inspect", "--model", "test-org/tiny-llama", "--json"],
+        &env,
+    ));
+    assert_eq!(v["hidden_size"], 64, "{v}");
+    assert_eq!(v["model"], "test-org/tiny-llama", "{v}");
+
+    let out = cram(&["inspect", "--model", "test-org/absent"], &env);
+    expect_error(&out, &["test-org/absent", "HF_HUB_OFFLINE"]);
+}
