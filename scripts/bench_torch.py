@@ -10,6 +10,11 @@ For each batch size B in --batches and length L (--len):
   loss = cross_entropy(logits.view(-1, V), random labels)
   loss.backward()
 Timing: --warmup steps (default 2), then the median of --steps steps (default 5).
+GFLOP/s counts 4 x parameters x B x L per step (forward 2, backward to the inputs 2).
+
+With --json, one line per configuration in the schema of `cram bench fwd-bwd --json`:
+  {"impl": "pytorch", "bench": "fwd_bwd", "batch": B, "len": L, "ms_per_step": ..., "gflops": ...,
+   "reps": ..., "backend": "torch X", "threads": N}
 
 Usage:
   python scripts/bench_torch.py [--threads 2] [--gguf PATH] [--json]
@@ -46,6 +51,8 @@ def main():
     from transformers import AutoModelForCausalLM
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
+
     d, fname = os.path.split(os.path.abspath(args.gguf))
     model = AutoModelForCausalLM.from_pretrained(
         d, gguf_file=fname, dtype=torch.float32, attn_implementation=args.attn
@@ -56,6 +63,7 @@ def main():
     H = model.config.hidden_size
     V = model.config.vocab_size
     emb_std = model.get_input_embeddings().weight.std().item()
+    n_params = sum(p.numel() for p in model.parameters())  # tied matrices counted once
     if not args.json:
         print(
             f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
@@ -86,14 +94,24 @@ def main():
             times.append((time.perf_counter() - t0) * 1000.0)
         assert x.grad is not None and torch.isfinite(x.grad).all()
         ms = statistics.median(times)
-        rec = {"impl": "pytorch", "batch": B, "len": L, "ms_per_step": round(ms, 3)}
+        rec = {
+            "impl": "pytorch",
+            "bench": "fwd_bwd",
+            "batch": B,
+            "len": L,
+            "ms_per_step": round(ms, 3),
+            "gflops": round(4.0 * n_params * B * L / (ms / 1000.0) / 1e9, 3),
+            "reps": args.steps,
+            "backend": f"torch {torch.__version__}",
+            "threads": torch.get_num_threads(),
+        }
         if args.json:
             print(json.dumps(rec), flush=True)
         else:
             tok_s = B * L / (ms / 1000.0)
             print(
                 f"pytorch B={B} L={L}: {ms:.1f} ms/step (median of {args.steps}; min {min(times):.1f}, "
-                f"max {max(times):.1f}), {tok_s:.0f} tokens/s",
+                f"max {max(times):.1f}), {rec['gflops']:.1f} GFLOP/s, {tok_s:.0f} tokens/s",
                 flush=True,
             )
 

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use cram::model::{self, LoadOptions, LoadedModel};
 
+mod bench_cmd;
 mod compress_cmd;
 
 #[derive(Parser)]
@@ -54,6 +55,11 @@ enum Command {
         /// Print JSON: token_ids, text, matches_original.
         #[arg(long)]
         json: bool,
+    },
+    /// Time forward+backward and the cramming engine (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        kind: bench_cmd::BenchKind,
     },
     /// Greedy generation with a KV cache.
     Generate {
@@ -162,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let m = model.load()?;
             compress_cmd::decompress(&m, &file, json)?;
         }
+        Command::Bench { kind } => bench_cmd::run(&kind, cli.quiet)?,
         Command::Generate {
             model,
             prompt,
