@@ -12,6 +12,7 @@ pub mod error;
 pub mod fetch;
 pub mod generate;
 pub mod memfile;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod source;
