@@ -408,6 +408,8 @@ fn paper_table() {
     );
     let mut rows = 0;
     let mut n_util = 0;
+    // Truncation or rounding up would not reproduce the column.
+    let (mut floor_misses, mut ceil_misses) = (0, 0);
     for rec in rd.records() {
         let rec = rec.unwrap();
         let hidden: usize = rec[hid].parse().unwrap();
@@ -419,6 +421,8 @@ fn paper_table() {
             &rec[name], hidden, vocab, exact, &rec[cap]
         );
         assert_eq!(exact.round(), paper_cap, "{}: capacity", &rec[name]);
+        floor_misses += usize::from(exact.floor() != paper_cap);
+        ceil_misses += usize::from(exact.ceil() != paper_cap);
 
         for (set, gain_col, util_col) in sets {
             let gain: f64 = rec[gain_col].parse().unwrap();
@@ -446,9 +450,11 @@ fn paper_table() {
             close(g.token_gain.unwrap().mean, gain, "gain");
             let ours = g.capacity_utilisation.unwrap();
             // The table's gain is rounded to an integer: its utilisation
-            // can differ from ours by at most 0.5 / capacity.
+            // can differ from ours by at most 0.5 / capacity, a bound that
+            // Mamba-130M reaches (gain 65.5 -> 66); the slack is the CSV's
+            // 11 decimals.
             assert!(
-                (ours - paper_util).abs() <= 0.5 / exact + 1e-12,
+                (ours - paper_util).abs() <= 0.5 / exact + 1e-10,
                 "{} {set}: utilisation {ours} vs paper {paper_util}",
                 &rec[name]
             );
@@ -478,4 +484,7 @@ fn paper_table() {
     }
     assert_eq!(rows, 14);
     assert_eq!(n_util, 28);
+    // e.g. Pythia-160M: 786.77 -> 787 (not 786); Pythia-410M: 1049.02 -> 1049
+    // (not 1050).
+    assert!(floor_misses > 0 && ceil_misses > 0);
 }
