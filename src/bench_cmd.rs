@@ -26,7 +26,7 @@ use cram::model::LoadedModel;
 use crate::ModelArgs;
 
 /// The first chapter of Jane Austen's *Sense and Sensibility* (1811, public
-/// domain, from Project Gutenberg): about 1,000 words, 1,300 SmolLM2 tokens.
+/// domain, from Project Gutenberg): about 1,000 words, 1,253 SmolLM2 tokens.
 /// `cram bench cram` cuts its texts from it.
 pub const PROSE: &str = r##"The family of Dashwood had long been settled in Sussex. Their estate was large, and their residence was at Norland Park, in the centre of their property, where, for many generations, they had lived in so respectable a manner as to engage the general good opinion of their surrounding acquaintance. The late owner of this estate was a single man, who lived to a very advanced age, and who for many years of his life, had a constant companion and housekeeper in his sister. But her death, which happened ten years before his own, produced a great alteration in his home; for to supply her loss, he invited and received into his house the family of his nephew Mr. Henry Dashwood, the legal inheritor of the Norland estate, and the person to whom he intended to bequeath it. In the society of his nephew and niece, and their children, the old Gentleman's days were comfortably spent. His attachment to them all increased. The constant attention of Mr. and Mrs. Henry Dashwood to his wishes, which proceeded not merely from interest, but from goodness of heart, gave him every degree of solid comfort which his age could receive; and the cheerfulness of the children added a relish to his existence.
 

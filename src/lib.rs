@@ -7,6 +7,7 @@
 //! stored and reported.
 
 pub mod blas;
+pub mod datasets;
 pub mod engine;
 pub mod error;
 pub mod fetch;
@@ -15,6 +16,7 @@ pub mod memfile;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod sentences;
 pub mod source;
 pub mod texts;
 pub mod tokenizer;

@@ -213,3 +213,28 @@ fn bad_texts_are_refused_before_any_compute() {
     )
     .is_err());
 }
+
+#[test]
+fn bf16_compute_keeps_f32_master_vectors_and_tracks_f32() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_gqa_tied");
+    let opts = LoadOptions {
+        dtype: candle_core::DType::BF16,
+        ..LoadOptions::default()
+    };
+    let m16 = load(dir.to_str().unwrap(), &opts).unwrap();
+    let m32 = fixture("llama_gqa_tied");
+    let cfg = CramConfig {
+        max_steps: 5,
+        lr: 0.05,
+        ..CramConfig::default()
+    };
+    let t = ids(&m32, TEXTS[2], 8);
+    let a = &run(&m16, &cfg, std::slice::from_ref(&t), 0)[0];
+    let b = &run(&m32, &cfg, std::slice::from_ref(&t), 0)[0];
+    let d = max_diff(&a.loss_curve, &b.loss_curve);
+    println!("bf16 vs f32 loss curves: max diff {d:.3e}");
+    assert!(d < 0.1, "bf16 loss curve far from f32: {d}");
+    assert!(d > 0.0, "bf16 must actually compute in bf16");
+    // Master vectors stay f32: the update is not rounded to bf16.
+    assert!(a.vectors.iter().any(|&x| half::bf16::from_f32(x).to_f32() != x));
+}
