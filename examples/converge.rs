@@ -1,6 +1,6 @@
 //! Convergence experiment: crams texts with given settings and prints the
 //! mean accuracy every 10 steps and the steps each text needed.
-//! Usage: converge MODEL JSONL TOKENS LOSS LR BETA1 BETA2 WARMUP STEPS NMEM
+//! Usage: converge MODEL JSONL LENS(comma list) LOSS LR BETA1 BETA2 WARMUP STEPS NMEM [MIN_LR]
 use cram::engine::{CramConfig, Engine};
 use cram::model::{load, LoadOptions};
 
@@ -8,7 +8,10 @@ fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
     let m = load(&a[1], &LoadOptions::default())?;
     let texts = cram::texts::read_texts(std::path::Path::new(&a[2]), "text")?;
-    let l: usize = a[3].parse()?;
+    let lens: Vec<usize> = a[3]
+        .split(',')
+        .map(|x| x.parse())
+        .collect::<Result<_, _>>()?;
     let cfg = CramConfig {
         loss: a[4].parse()?,
         lr: a[5].parse()?,
@@ -17,11 +20,13 @@ fn main() -> anyhow::Result<()> {
         warmup_steps: a[8].parse()?,
         max_steps: a[9].parse()?,
         n_mem: a[10].parse()?,
+        min_lr: a.get(11).map(|x| x.parse()).transpose()?,
         ..CramConfig::default()
     };
     let ids: Vec<Vec<u32>> = texts
         .iter()
-        .map(|t| {
+        .zip(lens.iter().cycle())
+        .map(|(t, &l)| {
             m.tokenizer.encode(t, true).map(|mut v| {
                 v.truncate(l);
                 v

@@ -97,6 +97,7 @@ get = lambda impl, bench, b, l: next(
     (r for r in rows if r["impl"] == impl and r["bench"] == bench and r["batch"] == b and r["len"] == l), None
 )
 f1 = lambda x: f"{x:,.1f}"
+fh = lambda x: f"{x:,.2f}" if x < 10 else f"{x:,.1f}"  # texts per hour
 ratio = lambda a, b: f"{a / b:.2f}×"
 backend = next((r["backend"] for r in rows if r["impl"] == "cram"), "?")
 torch_v = next((r["backend"] for r in rows if r["impl"] == "pytorch"), "?")
@@ -131,9 +132,9 @@ for r in sorted((r for r in rows if r["impl"] == "cram" and r["bench"] == "cram"
         continue
     per = r["ms_per_step"] / r["batch"]
     p(f"| {r['batch']} | {r['len']} | {f1(r['ms_per_step'])} | {f1(per)} | {f1(t['ms_per_step'])} | "
-      f"{ratio(per, t['ms_per_step'])} | {f1(r['gflops'])} | {f1(t['gflops'])} | {f1(r['texts_per_hour'])} | "
-      f"{f1(t['texts_per_hour'])} | {ratio(r['texts_per_hour'], t['texts_per_hour'])} | "
-      f"{f1(t['texts_per_hour_no_reload'])} | {ratio(r['texts_per_hour'], t['texts_per_hour_no_reload'])} |")
+      f"{ratio(per, t['ms_per_step'])} | {f1(r['gflops'])} | {f1(t['gflops'])} | {fh(r['texts_per_hour'])} | "
+      f"{fh(t['texts_per_hour'])} | {ratio(r['texts_per_hour'], t['texts_per_hour'])} | "
+      f"{fh(t['texts_per_hour_no_reload'])} | {ratio(r['texts_per_hour'], t['texts_per_hour_no_reload'])} |")
 loads = sorted({round(r["load_s"], 1) for r in rows if r["impl"] == "pytorch" and "load_s" in r})
 fin = [f"B={r['batch']} L={r['len']}: {r['finish_s']:.1f} s" for r in rows if r["impl"] == "cram" and r["bench"] == "cram"]
 p("")

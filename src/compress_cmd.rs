@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cram::engine::{CramConfig, CramResult, Engine, LossConvention};
-use cram::memfile::{self, MemMeta, Metrics, ModelIdentity};
+use cram::memfile::{self, MemMeta, ModelIdentity};
 use cram::model::LoadedModel;
 
 /// Options of `cram compress`.
@@ -55,6 +55,9 @@ pub struct CompressArgs {
     /// Linear learning-rate warm-up steps.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// Decay the learning rate along a cosine to this value at --max-steps.
+    #[arg(long)]
+    pub min_lr: Option<f64>,
     /// Seed of the initial vectors.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -75,6 +78,7 @@ impl CompressArgs {
             beta2: self.beta2,
             weight_decay: self.weight_decay,
             warmup_steps: self.warmup,
+            min_lr: self.min_lr,
             max_steps: self.max_steps,
             patience: self.patience,
             loss: self.loss,
@@ -156,37 +160,12 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
             } else {
                 args.output.clone()
             };
-            let meta = meta_for(m, &identity, &cfg, &chunk[k], r);
+            let meta = MemMeta::new(m, &identity, &cfg, &chunk[k], r);
             memfile::write(&path, &r.vectors, &meta)?;
             report(i, &path, r, m, args.json, quiet)?;
         }
     }
     Ok(())
-}
-
-fn meta_for(
-    m: &LoadedModel,
-    identity: &ModelIdentity,
-    cfg: &CramConfig,
-    ids: &[u32],
-    r: &CramResult,
-) -> MemMeta {
-    MemMeta {
-        format: memfile::FORMAT.into(),
-        cram_version: env!("CARGO_PKG_VERSION").into(),
-        model: identity.clone(),
-        n_tokens: ids.len(),
-        n_mem: cfg.n_mem,
-        input_size: m.model.info().input_size,
-        loss: cfg.loss,
-        adds_bos: m.tokenizer.adds_bos(),
-        bos_id: m.tokenizer.bos_id(),
-        first_token: ids.first().copied(),
-        dtype: m.model.info().compute_dtype.clone(),
-        tokens_sha256: memfile::tokens_sha256(ids),
-        config: cfg.clone(),
-        metrics: Metrics::from(r),
-    }
 }
 
 fn report(

@@ -81,6 +81,9 @@ pub struct CramConfig {
     pub weight_decay: f64,
     /// Linear learning-rate warm-up over this many steps (0: none).
     pub warmup_steps: usize,
+    /// If set, the learning rate follows a cosine from `lr` down to this
+    /// value over `max_steps` (after the warm-up); constant otherwise.
+    pub min_lr: Option<f64>,
     /// Most optimisation steps per text.
     pub max_steps: usize,
     /// Stop a text after this many steps without an accuracy improvement.
@@ -89,6 +92,26 @@ pub struct CramConfig {
     pub loss: LossConvention,
     /// Seed of the initial vectors.
     pub seed: u64,
+}
+
+impl CramConfig {
+    /// The learning rate of update number `t` (1-based): linear warm-up over
+    /// `warmup_steps`, then constant or a cosine down to `min_lr` at
+    /// `max_steps`.
+    pub fn lr_at(&self, t: usize) -> f64 {
+        let t = t as f64;
+        if self.warmup_steps > 0 && t < self.warmup_steps as f64 {
+            return self.lr * t / self.warmup_steps as f64;
+        }
+        match self.min_lr {
+            None => self.lr,
+            Some(min) => {
+                let span = (self.max_steps.saturating_sub(self.warmup_steps)).max(1) as f64;
+                let x = ((t - self.warmup_steps as f64) / span).clamp(0.0, 1.0);
+                min + 0.5 * (self.lr - min) * (1.0 + (std::f64::consts::PI * x).cos())
+            }
+        }
+    }
 }
 
 impl Default for CramConfig {
@@ -101,6 +124,7 @@ impl Default for CramConfig {
             eps: 1e-8,
             weight_decay: 0.01,
             warmup_steps: 0,
+            min_lr: None,
             max_steps: 5000,
             patience: 2000,
             loss: LossConvention::Full,
@@ -506,11 +530,7 @@ impl<'a> Engine<'a> {
         let c = &self.cfg;
         s.t += 1;
         let t = s.t as f64;
-        let lr = if c.warmup_steps > 0 {
-            c.lr * (t / c.warmup_steps as f64).min(1.0)
-        } else {
-            c.lr
-        };
+        let lr = c.lr_at(s.t);
         let bc1 = 1.0 - c.beta1.powf(t);
         let bc2 = 1.0 - c.beta2.powf(t);
         let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);

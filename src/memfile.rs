@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{CramResult, LossConvention, StopReason};
+use crate::engine::{CramConfig, CramResult, LossConvention, StopReason};
 use crate::error::{CramError, Result};
 use crate::model::LoadedModel;
 
@@ -61,6 +61,35 @@ impl ModelIdentity {
     pub fn same_model(&self, other: &Self) -> bool {
         self.weights_sha256 == other.weights_sha256
             && self.tokenizer_sha256 == other.tokenizer_sha256
+    }
+}
+
+impl MemMeta {
+    /// The metadata of a text's vectors: `ids` are its tokens, `r` the
+    /// engine's result for it, `cfg` the settings it was crammed with.
+    pub fn new(
+        m: &LoadedModel,
+        identity: &ModelIdentity,
+        cfg: &CramConfig,
+        ids: &[u32],
+        r: &CramResult,
+    ) -> Self {
+        Self {
+            format: FORMAT.into(),
+            cram_version: env!("CARGO_PKG_VERSION").into(),
+            model: identity.clone(),
+            n_tokens: ids.len(),
+            n_mem: cfg.n_mem,
+            input_size: m.model.info().input_size,
+            loss: cfg.loss,
+            adds_bos: m.tokenizer.adds_bos(),
+            bos_id: m.tokenizer.bos_id(),
+            first_token: ids.first().copied(),
+            dtype: m.model.info().compute_dtype.clone(),
+            tokens_sha256: tokens_sha256(ids),
+            config: cfg.clone(),
+            metrics: Metrics::from(r),
+        }
     }
 }
 

@@ -66,6 +66,17 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Resu
     Ok(f(&data[a..b]))
 }
 
+/// The f32 data of a contiguous CPU storage, as a custom op receives it.
+fn contiguous_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(x) = s else {
+        candle_core::bail!("{op}: expected f32 input");
+    };
+    let Some((o0, o1)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: expected a contiguous input");
+    };
+    Ok(&x[o0..o1])
+}
+
 /// `y = x @ w.T + b` on the CPU through BLAS, backward to `x` only.
 struct BlasLinear {
     /// `[out, in]`, contiguous f32.
@@ -80,13 +91,7 @@ impl CustomOp1 for BlasLinear {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = s else {
-            candle_core::bail!("blas-linear: expected f32 input");
-        };
-        let Some((o0, o1)) = l.contiguous_offsets() else {
-            candle_core::bail!("blas-linear: expected a contiguous input");
-        };
-        let x = &x[o0..o1];
+        let x = contiguous_f32(self.name(), s, l)?;
         let (out, inp) = self.w.dims2()?;
         let rows = x.len() / inp;
         let mut y = vec![0f32; rows * out];
@@ -129,13 +134,7 @@ impl CustomOp1 for BlasMatmul {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(g) = s else {
-            candle_core::bail!("blas-linear-backward: expected f32 input");
-        };
-        let Some((o0, o1)) = l.contiguous_offsets() else {
-            candle_core::bail!("blas-linear-backward: expected a contiguous input");
-        };
-        let g = &g[o0..o1];
+        let g = contiguous_f32(self.name(), s, l)?;
         let (out, inp) = self.w.dims2()?;
         let rows = g.len() / out;
         let mut dx = vec![0f32; rows * inp];

@@ -5,7 +5,7 @@
 //! `cargo test --test cram_smollm2 -- --ignored`.
 
 use cram::engine::{decode_vectors, CramConfig, Engine, LossConvention, StopReason};
-use cram::memfile::{self, MemMeta, Metrics, ModelIdentity};
+use cram::memfile::{self, MemMeta, ModelIdentity};
 use cram::model::{load, LoadOptions, LoadedModel};
 
 fn smollm2() -> LoadedModel {
@@ -28,15 +28,20 @@ const TEXTS: [&str; 6] = [
     "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition, seemed to unite some of the best blessings of existence; and had lived nearly twenty-one years in the world with very little to distress or vex her.",
 ];
 
-/// The settings the tests use: the paper's convention with a faster
-/// optimiser than the paper's defaults (see docs/convergence.md).
+/// The settings the tests use (see docs/convergence.md): the default `full`
+/// convention with two vectors, and a faster optimiser than the paper's
+/// defaults (lr 0.1 decaying along a cosine to 0.01). With one vector and no
+/// BOS token the vector sits at SmolLM2's attention-sink position and some
+/// texts stall a token short of 1.0; the second vector avoids that.
 fn test_config() -> CramConfig {
     CramConfig {
-        loss: LossConvention::Paper,
+        loss: LossConvention::Full,
+        n_mem: 2,
         lr: 0.1,
+        min_lr: Some(0.01),
         beta1: 0.9,
         beta2: 0.9,
-        max_steps: 600,
+        max_steps: 800,
         ..CramConfig::default()
     }
 }
@@ -70,22 +75,7 @@ fn cram_and_check(m: &LoadedModel, lengths: &[usize]) {
             failures.push(i);
             continue;
         }
-        let meta = MemMeta {
-            format: memfile::FORMAT.into(),
-            cram_version: env!("CARGO_PKG_VERSION").into(),
-            model: identity.clone(),
-            n_tokens: ids.len(),
-            n_mem: cfg.n_mem,
-            input_size: m.model.info().input_size,
-            loss: cfg.loss,
-            adds_bos: m.tokenizer.adds_bos(),
-            bos_id: m.tokenizer.bos_id(),
-            first_token: ids.first().copied(),
-            dtype: "f32".into(),
-            tokens_sha256: memfile::tokens_sha256(ids),
-            config: cfg.clone(),
-            metrics: Metrics::from(r),
-        };
+        let meta = MemMeta::new(m, &identity, &cfg, ids, r);
         let path = dir.path().join(format!("{i}.safetensors"));
         memfile::write(&path, &r.vectors, &meta).unwrap();
         let (vectors, back) = memfile::read(&path).unwrap();
@@ -99,9 +89,20 @@ fn cram_and_check(m: &LoadedModel, lengths: &[usize]) {
             back.loss.n_predicted(back.n_tokens),
         )
         .unwrap();
-        assert_eq!(decoded[..], ids[1..], "text {i} does not decode back from its file");
+        let target = match back.loss {
+            LossConvention::Full => &ids[..],
+            LossConvention::Paper => &ids[1..],
+        };
+        assert_eq!(
+            decoded[..],
+            target[..],
+            "text {i} does not decode back from its file"
+        );
     }
-    assert!(failures.is_empty(), "texts {failures:?} did not cram exactly");
+    assert!(
+        failures.is_empty(),
+        "texts {failures:?} did not cram exactly"
+    );
 }
 
 #[test]

@@ -236,5 +236,8 @@ fn bf16_compute_keeps_f32_master_vectors_and_tracks_f32() {
     assert!(d < 0.1, "bf16 loss curve far from f32: {d}");
     assert!(d > 0.0, "bf16 must actually compute in bf16");
     // Master vectors stay f32: the update is not rounded to bf16.
-    assert!(a.vectors.iter().any(|&x| half::bf16::from_f32(x).to_f32() != x));
+    assert!(a
+        .vectors
+        .iter()
+        .any(|&x| half::bf16::from_f32(x).to_f32() != x));
 }
