@@ -595,3 +595,27 @@ impl<'a> Engine<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CramConfig;
+
+    #[test]
+    fn learning_rate_schedule_warms_up_then_decays_along_a_cosine() {
+        let c = CramConfig {
+            lr: 0.1,
+            warmup_steps: 10,
+            max_steps: 110,
+            min_lr: Some(0.01),
+            ..CramConfig::default()
+        };
+        assert!((c.lr_at(5) - 0.05).abs() < 1e-12);
+        assert!((c.lr_at(10) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(60) - 0.055).abs() < 1e-12, "half-way is the mean");
+        assert!((c.lr_at(110) - 0.01).abs() < 1e-12);
+        assert!((c.lr_at(500) - 0.01).abs() < 1e-12);
+        let constant = CramConfig::default();
+        assert_eq!(constant.lr_at(1), 0.01);
+        assert_eq!(constant.lr_at(4000), 0.01);
+    }
+}
