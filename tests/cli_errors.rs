@@ -3,6 +3,8 @@
 //! panic. Also the good paths those cases are variations of: a model folder,
 //! generation, and a model found in a hand-made Hugging Face hub cache.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -10,7 +12,6 @@ use std::process::{Command, Output};
 use serde_json::Value as Json;
 use tempfile::TempDir;
 
-const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const DROPPED: &str = "model.layers.1.mlp.up_proj.weight";
 /// The files of a Hugging Face model folder in the fixtures (not the
 /// reference outputs).
@@ -27,16 +28,6 @@ fn fixture_dir(name: &str) -> PathBuf {
         .join("tests")
         .join("fixtures")
         .join(name)
-}
-
-fn smollm2_gguf() -> PathBuf {
-    let path = cram::source::models_dir().join(SMOLLM2_FILE);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo run -- fetch smollm2-135m` first (or set CRAM_MODELS_DIR)",
-        path.display()
-    );
-    path
 }
 
 /// A copy of the `llama_gqa_tied` fixture's model files in `dir`.
@@ -144,7 +135,7 @@ fn copy_prefix(src: &Path, dst: &Path, n: usize) {
 fn truncated_gguf() {
     let tmp = TempDir::new().unwrap();
     let path = tmp.path().join("truncated.gguf");
-    copy_prefix(&smollm2_gguf(), &path, 5 << 20);
+    copy_prefix(&common::smollm2_gguf(), &path, 5 << 20);
     let out = inspect(&path);
     expect_error(
         &out,
@@ -156,7 +147,7 @@ fn truncated_gguf() {
 fn gguf_cut_inside_header() {
     let tmp = TempDir::new().unwrap();
     let path = tmp.path().join("header.gguf");
-    copy_prefix(&smollm2_gguf(), &path, 1000);
+    copy_prefix(&common::smollm2_gguf(), &path, 1000);
     let out = inspect(&path);
     expect_error(&out, &[path_str(&path), "GGUF", "truncated"]);
 }

@@ -4,18 +4,18 @@
 //! 32-token texts run in CI; the 64-token texts are slower:
 //! `cargo test --test cram_smollm2 -- --ignored`.
 
+mod common;
+
 use cram::engine::{decode_vectors, CramConfig, Engine, LossConvention, StopReason};
 use cram::memfile::{self, MemMeta, ModelIdentity};
 use cram::model::{load, LoadOptions, LoadedModel};
 
 fn smollm2() -> LoadedModel {
-    let path = cram::source::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo run -- fetch smollm2-135m` first",
-        path.display()
-    );
-    load(path.to_str().unwrap(), &LoadOptions::default()).unwrap()
+    load(
+        common::smollm2_gguf().to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 /// Opening sentences of public-domain books and essays.

@@ -7,6 +7,8 @@
 //! every check, prints the figures, and fails with the list of the checks
 //! that did not pass. Run with `--nocapture` to see the figures.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -126,16 +128,6 @@ impl Checks {
 fn load(spec: &Path) -> LoadedModel {
     let spec = spec.to_str().expect("a UTF-8 path");
     model::load(spec, &LoadOptions::default()).unwrap_or_else(|e| panic!("cannot load {spec}: {e}"))
-}
-
-fn smollm2_path() -> PathBuf {
-    let path = cram::source::models_dir().join(SMOLLM2_FILE);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo run -- fetch smollm2-135m` first (or set CRAM_MODELS_DIR)",
-        path.display()
-    );
-    path
 }
 
 /// Logits `[T, V]` of one unpadded sequence.
@@ -400,7 +392,7 @@ fn run_all(name: &str, m: &LoadedModel, r: &Reference, check_tokenizer_list: boo
 
 #[test]
 fn smollm2_matches_transformers() {
-    let path = smollm2_path();
+    let path = common::smollm2_gguf();
     let r = Reference::load("smollm2");
     assert_eq!(r.json["gguf_file"].as_str(), Some(SMOLLM2_FILE));
     let m = load(&path);

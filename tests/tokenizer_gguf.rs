@@ -1,6 +1,8 @@
 //! Tokenizers rebuilt from GGUF metadata and loaded from Hugging Face files
 //! give the ids `transformers` gives.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -88,19 +90,9 @@ fn check_reference(tok: &TextTokenizer, reference: &Json) {
     }
 }
 
-fn smollm2_gguf() -> Option<PathBuf> {
-    let path = cram::source::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.is_file() {
-        Some(path)
-    } else {
-        println!("skipped: {} is absent", path.display());
-        None
-    }
-}
-
 #[test]
 fn smollm2_gguf_matches_transformers() {
-    let Some(path) = smollm2_gguf() else { return };
+    let path = common::smollm2_gguf();
     let content = read_gguf(&path);
     let tok = TextTokenizer::from_gguf(&content, &path).unwrap();
 
@@ -142,7 +134,7 @@ fn smollm2_gguf_matches_transformers() {
 
 #[test]
 fn gguf_errors_name_the_field() {
-    let Some(path) = smollm2_gguf() else { return };
+    let path = common::smollm2_gguf();
     let mut content = read_gguf(&path);
     content.metadata.remove("tokenizer.ggml.tokens");
     let err = TextTokenizer::from_gguf(&content, &path).unwrap_err();
@@ -172,7 +164,7 @@ fn gguf_errors_name_the_field() {
 
 #[test]
 fn gguf_add_bos_flag() {
-    let Some(path) = smollm2_gguf() else { return };
+    let path = common::smollm2_gguf();
     let mut content = read_gguf(&path);
     content
         .metadata

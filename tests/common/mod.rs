@@ -1,0 +1,13 @@
+//! Helpers shared by the integration tests.
+
+use std::path::PathBuf;
+
+/// The packaged SmolLM2-135M GGUF; fails (never skips) when it has not been
+/// fetched, with the command that fetches it.
+pub fn smollm2_gguf() -> PathBuf {
+    match cram::source::resolve("smollm2-135m") {
+        Ok(cram::source::ModelSource::Gguf { path }) => path,
+        Ok(other) => panic!("smollm2-135m resolved to {other:?}, not a GGUF file"),
+        Err(e) => panic!("{e} (cargo run -- fetch smollm2-135m)"),
+    }
+}
