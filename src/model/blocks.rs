@@ -252,8 +252,6 @@ pub struct Attention {
     pub q_norm: Option<Norm>,
     /// Per-head RMSNorm on keys (Gemma 3).
     pub k_norm: Option<Norm>,
-    /// Rotary embedding, if the model uses one.
-    pub rotary: Option<Rotary>,
     /// Sliding window size in tokens, if this layer is local.
     pub window: Option<usize>,
 }
@@ -276,14 +274,17 @@ impl Attention {
             .reshape((b, kv * rep, t, d))?)
     }
 
-    /// Attention over `x` `[B, T, hidden]` at positions `start..start + T`.
+    /// Attention over `x` `[B, T, hidden]`.
     ///
-    /// `bias` is the additive mask from [`attention_bias`]; `state`, when
-    /// given, holds earlier keys/values and is extended.
+    /// `rope` holds the rotary `(cos, sin)` tables of the T positions (from
+    /// [`Rotary::tables`], built once per forward by the model), if the model
+    /// uses rotary embeddings; `bias` is the additive mask from
+    /// [`attention_bias`]; `state`, when given, holds earlier keys/values
+    /// and is extended.
     pub fn forward(
         &self,
         x: &Tensor,
-        start: usize,
+        rope: Option<&(Tensor, Tensor)>,
         bias: &Tensor,
         state: Option<&mut LayerState>,
     ) -> Result<Tensor> {
@@ -297,10 +298,9 @@ impl Attention {
         if let Some(n) = &self.k_norm {
             k = n.forward(&k)?;
         }
-        if let Some(r) = &self.rotary {
-            let (cos, sin) = r.tables(start, t, q.dtype(), q.device())?;
-            q = ops::apply_rope(&q, &cos, &sin)?;
-            k = ops::apply_rope(&k, &cos, &sin)?;
+        if let Some((cos, sin)) = rope {
+            q = ops::apply_rope(&q, cos, sin)?;
+            k = ops::apply_rope(&k, cos, sin)?;
         }
         let (k, v) = match state {
             Some(st) => {

@@ -221,6 +221,7 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Norm,
     lm_head: Linear,
+    rotary: Rotary,
     info: ModelInfo,
     device: Device,
     dtype: DType,
@@ -284,7 +285,6 @@ impl Llama {
                 scale: 1.0 / (cfg.head_dim as f64).sqrt(),
                 q_norm: None,
                 k_norm: None,
-                rotary: Some(rotary.clone()),
                 window: None,
             };
             layers.push(Layer {
@@ -351,6 +351,7 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            rotary,
             info,
             device: w.device().clone(),
             dtype: w.dtype(),
@@ -365,11 +366,15 @@ impl Llama {
         mut state: Option<&mut DecodeState>,
     ) -> Result<Tensor> {
         let mut x = x.to_dtype(self.dtype)?;
+        // One set of rotary tables serves every layer.
+        let rope = self
+            .rotary
+            .tables(start, x.dim(1)?, self.dtype, &self.device)?;
         for (i, l) in self.layers.iter().enumerate() {
             let st = state.as_deref_mut().map(|s| &mut s.layers[i]);
             let a = l
                 .attn
-                .forward(&l.input_norm.forward(&x)?, start, bias, st)?;
+                .forward(&l.input_norm.forward(&x)?, Some(&rope), bias, st)?;
             x = (x + a)?;
             let m = l.mlp.forward(&l.post_norm.forward(&x)?)?;
             x = (x + m)?;
