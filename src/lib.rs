@@ -6,6 +6,7 @@
 //! `[mem]` vectors are optimised against the frozen model, and the results are
 //! stored and reported.
 
+pub mod alloc;
 pub mod blas;
 pub mod datasets;
 pub mod engine;

@@ -208,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     // Pick the matmul backend before candle starts its CPU thread pool.
+    cram::alloc::tune();
     cram::blas::get();
     let cli = Cli::parse();
     let filter = if cli.quiet { "error" } else { "warn" };

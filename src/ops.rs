@@ -314,9 +314,148 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// `logits`: `[N, V]`; `labels`: `[N]` u32. Returns the losses `[N]` (f32,
 /// differentiable) so callers can reduce them per text.
 pub fn token_nll(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    if fused_nll_applies(logits) {
+        let labels: Vec<u32> = labels.to_vec1()?;
+        return Ok(token_nll_argmax(logits, &labels)?.0);
+    }
     let logp = log_softmax_last_dim(logits)?;
     let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
     Ok(picked.neg()?)
+}
+
+/// A label that [`token_nll_argmax`] skips: its row has loss 0 and no
+/// gradient.
+pub const IGNORE_LABEL: u32 = u32::MAX;
+
+fn fused_nll_applies(logits: &Tensor) -> bool {
+    logits.device().is_cpu() && logits.dtype() == DType::F32 && logits.rank() == 2
+}
+
+/// Per-row negative log-likelihood of `labels` under `logits` `[N, V]`, and
+/// each row's argmax (the first maximum, as `torch.argmax`).
+///
+/// Rows labelled [`IGNORE_LABEL`] get loss 0 and no gradient. On the CPU in
+/// f32 this is one fused, multi-threaded pass over the logits whose backward
+/// writes `(softmax - onehot) * grad` directly: the composition of candle
+/// ops it replaces makes several logits-sized temporaries (and their
+/// gradients) on one thread, which dominated a step with a large vocabulary.
+/// Elsewhere it falls back to that composition.
+pub fn token_nll_argmax(logits: &Tensor, labels: &[u32]) -> Result<(Tensor, Vec<u32>)> {
+    let (n, _v) = logits.dims2()?;
+    if labels.len() != n {
+        return Err(crate::error::CramError::Input(format!(
+            "internal: {} labels for {n} rows of logits",
+            labels.len()
+        )));
+    }
+    if fused_nll_applies(logits) {
+        let argmax = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let op = FusedNll {
+            labels: labels.to_vec(),
+            argmax: argmax.clone(),
+        };
+        let nll = logits.contiguous()?.apply_op1(op)?;
+        let pred = std::mem::take(&mut *argmax.lock().expect("argmax lock"));
+        return Ok((nll, pred));
+    }
+    let keep: Vec<f32> = labels
+        .iter()
+        .map(|&l| if l == IGNORE_LABEL { 0.0 } else { 1.0 })
+        .collect();
+    let safe: Vec<u32> = labels
+        .iter()
+        .map(|&l| if l == IGNORE_LABEL { 0 } else { l })
+        .collect();
+    let dev = logits.device();
+    let logp = log_softmax_last_dim(logits)?;
+    let picked = logp
+        .gather(&Tensor::new(safe.as_slice(), dev)?.unsqueeze(1)?, 1)?
+        .squeeze(1)?;
+    let keep = Tensor::new(keep.as_slice(), dev)?.to_dtype(picked.dtype())?;
+    let nll = (picked.neg()? * keep)?;
+    let pred = logits.argmax(D::Minus1)?.to_vec1()?;
+    Ok((nll, pred))
+}
+
+/// The fused CPU kernel of [`token_nll_argmax`].
+struct FusedNll {
+    labels: Vec<u32>,
+    /// Filled by the forward with each row's argmax.
+    argmax: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+}
+
+/// Row maximum, its first index, and `log(sum(exp(x - max)))`.
+fn row_stats(x: &[f32]) -> (f32, u32, f32) {
+    let mut max = f32::NEG_INFINITY;
+    let mut arg = 0u32;
+    for (i, &v) in x.iter().enumerate() {
+        if v > max {
+            max = v;
+            arg = i as u32;
+        }
+    }
+    // Accumulate in f64: a long f32 sum loses digits of the loss.
+    let sum: f64 = x.iter().map(|&v| (v - max).exp() as f64).sum();
+    (max, arg, sum.ln() as f32)
+}
+
+impl CustomOp1 for FusedNll {
+    fn name(&self) -> &'static str {
+        "fused-nll"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let x = contiguous_f32(self.name(), s, l)?;
+        let (n, v) = l.shape().dims2()?;
+        if let Some(bad) = self
+            .labels
+            .iter()
+            .find(|&&l| l != IGNORE_LABEL && l as usize >= v)
+        {
+            candle_core::bail!("fused-nll: label {bad} outside the vocabulary of {v}");
+        }
+        let out: Vec<(f32, u32)> = x
+            .par_chunks(v)
+            .zip(self.labels.par_iter())
+            .map(|(row, &label)| {
+                let (max, arg, lse) = row_stats(row);
+                let nll = if label == IGNORE_LABEL {
+                    0.0
+                } else {
+                    lse + max - row[label as usize]
+                };
+                (nll, arg)
+            })
+            .collect();
+        *self.argmax.lock().expect("argmax lock") = out.iter().map(|o| o.1).collect();
+        let nll = out.into_iter().map(|o| o.0).collect();
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        use rayon::prelude::*;
+        let (n, v) = arg.dims2()?;
+        let g: Vec<f32> = grad.to_dtype(DType::F32)?.to_vec1()?;
+        let mut dx = vec![0f32; n * v];
+        with_cpu_f32(arg, |x| {
+            dx.par_chunks_mut(v)
+                .zip(x.par_chunks(v))
+                .zip(self.labels.par_iter().zip(g.par_iter()))
+                .for_each(|((d, row), (&label, &gr))| {
+                    if label == IGNORE_LABEL || gr == 0.0 {
+                        return;
+                    }
+                    let (max, _, lse) = row_stats(row);
+                    let shift = max + lse;
+                    for (di, &xi) in d.iter_mut().zip(row) {
+                        *di = (xi - shift).exp() * gr;
+                    }
+                    d[label as usize] -= gr;
+                });
+        })?;
+        Ok(Some(Tensor::from_vec(dx, (n, v), arg.device())?))
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +556,57 @@ mod tests {
             .to_scalar::<f64>()
             .unwrap();
         assert!(d < 1e-12);
+    }
+
+    #[test]
+    fn fused_nll_matches_the_composition_in_value_gradient_and_argmax() {
+        let dev = Device::Cpu;
+        let (n, v) = (6, 11);
+        let x0 = (Tensor::randn(0f32, 1.0, (n, v), &dev).unwrap() * 3.0).unwrap();
+        let labels = [3u32, IGNORE_LABEL, 0, 10, 7, 7];
+        let weights = Tensor::new(&[0.5f32, 2.0, -1.0, 1.5, 0.25, 3.0], &dev).unwrap();
+        let run = |fused: bool| {
+            let x = Var::from_tensor(&x0).unwrap();
+            let (nll, pred) = if fused {
+                token_nll_argmax(x.as_tensor(), &labels).unwrap()
+            } else {
+                // The composition, through the f64 fallback.
+                let (nll, pred) =
+                    token_nll_argmax(&x.as_tensor().to_dtype(DType::F64).unwrap(), &labels)
+                        .unwrap();
+                (nll.to_dtype(DType::F32).unwrap(), pred)
+            };
+            let loss = (nll.clone() * &weights).unwrap().sum_all().unwrap();
+            let g = loss.backward().unwrap();
+            let g: Vec<f32> = g
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let nll: Vec<f32> = nll.to_vec1().unwrap();
+            (nll, pred, g)
+        };
+        let (a_nll, a_pred, a_g) = run(true);
+        let (b_nll, b_pred, b_g) = run(false);
+        assert_eq!(a_pred, b_pred);
+        assert_eq!(a_nll[1], 0.0, "ignored row has no loss");
+        for (a, b) in a_nll.iter().zip(&b_nll).chain(a_g.iter().zip(&b_g)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert!(
+            a_g[v..2 * v].iter().all(|&g| g == 0.0),
+            "ignored row has no gradient"
+        );
+        assert!(a_g.iter().any(|&g| g.abs() > 1e-3));
+    }
+
+    #[test]
+    fn fused_nll_rejects_a_label_outside_the_vocabulary() {
+        let x = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(token_nll_argmax(&x, &[1, 4]).is_err());
+        assert!(token_nll_argmax(&x, &[1]).is_err());
     }
 
     #[test]

@@ -210,6 +210,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// Resolves `spec` (alias, path or hub id) and loads the model and tokenizer.
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     // Pick the matmul backend before candle starts its CPU thread pool.
+    crate::alloc::tune();
     crate::blas::get();
     match source::resolve(spec)? {
         ModelSource::Gguf { path } => {
