@@ -17,7 +17,10 @@ With --json, one line per configuration in the schema of `cram bench fwd-bwd --j
    "reps": ..., "backend": "torch X", "threads": N}
 
 Usage:
-  python scripts/bench_torch.py [--threads 2] [--gguf PATH] [--json]
+  python scripts/bench_torch.py [--threads 2] [--gguf PATH | --model DIR] [--json]
+
+--model loads a Hugging Face folder (config.json + safetensors) instead of the GGUF; the
+input width is that of the input embedding matrix (OPT's word_embed_proj_dim).
 """
 
 import argparse
@@ -37,6 +40,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gguf", default=DEFAULT_GGUF)
+    ap.add_argument("--model", default=None, help="a Hugging Face model folder (instead of --gguf)")
     ap.add_argument("--json", action="store_true", help="print one JSON line per configuration")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--len", type=int, default=128, dest="length")
@@ -53,14 +57,21 @@ def main():
 
     transformers.utils.logging.disable_progress_bar()
 
-    d, fname = os.path.split(os.path.abspath(args.gguf))
-    model = AutoModelForCausalLM.from_pretrained(
-        d, gguf_file=fname, dtype=torch.float32, attn_implementation=args.attn
-    )
+    if args.model:
+        with open(os.path.join(args.model, "config.json")) as f:
+            model_type = json.load(f).get("model_type")
+        # Mamba has no attention implementation to choose.
+        kwargs = {} if model_type == "mamba" else {"attn_implementation": args.attn}
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **kwargs)
+    else:
+        d, fname = os.path.split(os.path.abspath(args.gguf))
+        model = AutoModelForCausalLM.from_pretrained(
+            d, gguf_file=fname, dtype=torch.float32, attn_implementation=args.attn
+        )
     model.eval()
     model.requires_grad_(False)
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    H = model.config.hidden_size
+    H = model.get_input_embeddings().weight.shape[1]
     V = model.config.vocab_size
     emb_std = model.get_input_embeddings().weight.std().item()
     n_params = sum(p.numel() for p in model.parameters())  # tied matrices counted once

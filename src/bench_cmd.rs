@@ -215,6 +215,7 @@ fn fwd_bwd(a: &FwdBwdArgs, quiet: bool) -> anyhow::Result<()> {
                         "ms_per_step": round3(s * 1e3), "gflops": round3(gflops),
                         "reps": a.reps, "backend": backend,
                         "threads": candle_core::utils::get_num_threads(),
+                        "params": info.num_parameters, "architecture": info.architecture,
                     })
                 );
             } else {
