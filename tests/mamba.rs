@@ -263,3 +263,33 @@ fn bf16_compute_is_close_to_f32() {
     // with std 0.2 compound that to a few percent of the logits' range.
     assert!(diff < 0.1 * scale, "bf16 logits differ by {diff}");
 }
+
+/// Older checkpoints call the embedding matrix `backbone.embedding`; they
+/// load to the same model.
+#[test]
+fn old_embedding_name_loads() {
+    let src = fixture_dir("mamba_tied");
+    let tmp = tempfile::TempDir::new().unwrap();
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let mut tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let e = tensors.remove("backbone.embeddings.weight").unwrap();
+    tensors.insert("backbone.embedding.weight".into(), e);
+    candle_core::safetensors::save(&tensors, tmp.path().join("model.safetensors")).unwrap();
+    let old = load(tmp.path());
+    let new = load(&src);
+    let ids = [0u32, 311, 383, 302, 81];
+    let diff = max_abs_diff(
+        &logits_for(old.model.as_ref(), &ids),
+        &logits_for(new.model.as_ref(), &ids),
+    );
+    assert_eq!(diff, 0.0);
+}

@@ -718,6 +718,16 @@ impl Mamba {
                 "backbone.norm_f",
             )
         };
+        // Older checkpoints name it `backbone.embedding` (transformers
+        // renames it on load).
+        let embed_name = if !gguf
+            && !w.contains("backbone.embeddings.weight")
+            && w.contains("backbone.embedding.weight")
+        {
+            "backbone.embedding"
+        } else {
+            embed_name
+        };
         let emb_f32 = w.get_f32(&format!("{embed_name}.weight"), &[cfg.vocab_size, h])?;
         let embedding_std = tensor_std(&emb_f32)?;
         let embed = Embedding {
