@@ -141,10 +141,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("architecture:     {}", info.architecture);
                 println!("layers:           {}", info.num_layers);
                 println!("hidden size:      {}", info.hidden_size);
-                println!(
-                    "heads:            {} (key/value heads: {})",
-                    info.num_heads, info.num_kv_heads
-                );
+                if info.num_heads == 0 {
+                    println!("heads:            none (attention-free)");
+                } else {
+                    println!(
+                        "heads:            {} (key/value heads: {})",
+                        info.num_heads, info.num_kv_heads
+                    );
+                }
                 println!("vocabulary:       {}", info.vocab_size);
                 println!("context length:   {}", info.context_length);
                 println!("parameters:       {}", info.num_parameters);

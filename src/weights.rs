@@ -37,7 +37,7 @@ pub struct Weights {
 }
 
 /// The GGUF name for each Hugging Face name, per layer (`{i}` is the layer)
-/// and for the whole model; covers the Llama and Gemma 3 layouts of
+/// and for the whole model; covers the Llama, Gemma 3 and Mamba layouts of
 /// llama.cpp's converter.
 const GGUF_LAYER_NAMES: &[(&str, &str)] = &[
     ("attn_norm", "input_layernorm"),
@@ -53,6 +53,14 @@ const GGUF_LAYER_NAMES: &[(&str, &str)] = &[
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),
     ("post_ffw_norm", "post_feedforward_layernorm"),
+    // Mamba's mixer; `ssm_a` holds `A = -exp(A_log)` itself.
+    ("ssm_in", "mixer.in_proj"),
+    ("ssm_conv1d", "mixer.conv1d"),
+    ("ssm_x", "mixer.x_proj"),
+    ("ssm_dt", "mixer.dt_proj"),
+    ("ssm_a", "mixer.A"),
+    ("ssm_d", "mixer.D"),
+    ("ssm_out", "mixer.out_proj"),
 ];
 
 const GGUF_GLOBAL_NAMES: &[(&str, &str)] = &[

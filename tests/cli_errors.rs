@@ -322,3 +322,114 @@ fn hub_id_from_local_cache() {
     let out = cram(&["inspect", "--model", "test-org/absent"], &env);
     expect_error(&out, &["test-org/absent", "HF_HUB_OFFLINE"]);
 }
+
+// ---- Mamba ----------------------------------------------------------------------
+
+/// A temporary copy of a fixture's model files, to be broken by the caller.
+fn model_copy(name: &str) -> (TempDir, PathBuf) {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join(name);
+    fs::create_dir_all(&dir).unwrap();
+    let src = fixture_dir(name);
+    for file in HF_FILES {
+        fs::copy(src.join(file), dir.join(file)).unwrap_or_else(|e| panic!("copy {file}: {e}"));
+    }
+    (tmp, dir)
+}
+
+#[test]
+fn mamba_config_without_num_hidden_layers() {
+    let (_tmp, dir) = model_copy("mamba_tied");
+    edit_config(&dir, |c| {
+        assert!(c.remove("num_hidden_layers").is_some());
+    });
+    let out = inspect(&dir);
+    let config = dir.join("config.json");
+    expect_error(&out, &[path_str(&config), "num_hidden_layers", "missing"]);
+}
+
+#[test]
+fn mamba_tensor_of_the_wrong_shape() {
+    let name = "backbone.layers.1.mixer.x_proj.weight";
+    let (_tmp, dir) = model_copy("mamba_untied_bias");
+    rewrite_weights(&dir, |n, shape| {
+        if n == name {
+            // time_step_rank 6 + 2 * state_size 8 rows of intermediate 192.
+            assert_eq!(shape, [22, 192]);
+            Some(vec![11, 384])
+        } else {
+            Some(shape.to_vec())
+        }
+    });
+    let out = inspect(&dir);
+    let weights = dir.join("model.safetensors");
+    expect_error(&out, &[path_str(&weights), name, "[22, 192]", "[11, 384]"]);
+}
+
+#[test]
+fn mamba_missing_a_log() {
+    let name = "backbone.layers.0.mixer.A_log";
+    let (_tmp, dir) = model_copy("mamba_tied");
+    rewrite_weights(&dir, |n, shape| (n != name).then(|| shape.to_vec()));
+    let out = inspect(&dir);
+    expect_error(&out, &[name, "missing"]);
+}
+
+#[test]
+fn inspect_mamba_folder_and_gguf_as_json() {
+    for name in ["mamba_tied", "mamba_untied_bias"] {
+        let dir = fixture_dir(name);
+        let cfg = &reference(name)["config"];
+        let mut specs = vec![dir.clone()];
+        if name == "mamba_tied" {
+            specs.push(dir.join("model.gguf"));
+        }
+        for spec in specs {
+            let v = expect_success(&cram(
+                &["inspect", "--model", path_str(&spec), "--json"],
+                &[],
+            ));
+            assert_eq!(v["architecture"], "mamba", "{name}: {v}");
+            assert_eq!(v["hidden_size"], cfg["hidden_size"], "{name}: {v}");
+            assert_eq!(v["num_layers"], cfg["num_hidden_layers"], "{name}: {v}");
+            assert_eq!(v["vocab_size"], cfg["vocab_size"], "{name}: {v}");
+            assert_eq!(v["num_parameters"], cfg["num_parameters"], "{name}: {v}");
+            assert_eq!(v["num_heads"], 0, "{name}: {v}");
+        }
+    }
+    // The plain-text form too.
+    let out = cram(
+        &["inspect", "--model", path_str(&fixture_dir("mamba_tied"))],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("mamba"), "{stdout}");
+    assert!(stdout.contains("none (attention-free)"), "{stdout}");
+}
+
+#[test]
+fn generate_mamba_matches_fixture() {
+    for name in ["mamba_tied", "mamba_untied_bias"] {
+        let dir = fixture_dir(name);
+        let r = reference(name);
+        for case in r["greedy"].as_array().unwrap() {
+            let prompt = case["prompt"].as_str().unwrap();
+            let v = expect_success(&cram(
+                &[
+                    "generate",
+                    "--model",
+                    path_str(&dir),
+                    "--prompt",
+                    prompt,
+                    "--max-new-tokens",
+                    "20",
+                    "--json",
+                ],
+                &[],
+            ));
+            assert_eq!(v["prompt_ids"], case["prompt_ids"], "{name}: {v}");
+            assert_eq!(v["token_ids"], case["token_ids"], "{name}: {v}");
+        }
+    }
+}

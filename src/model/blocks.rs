@@ -308,7 +308,8 @@ impl Attention {
                     LayerState::Kv { k: pk, v: pv } => {
                         (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
                     }
-                    LayerState::Empty => (k, v),
+                    // An attention layer never holds a state-space state.
+                    LayerState::Empty | LayerState::Ssm { .. } => (k, v),
                 };
                 *st = LayerState::Kv {
                     k: k.clone(),

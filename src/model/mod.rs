@@ -7,6 +7,7 @@
 pub mod blocks;
 pub mod hparams;
 pub mod llama;
+pub mod mamba;
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +60,14 @@ pub enum LayerState {
         k: Tensor,
         /// Cached values.
         v: Tensor,
+    },
+    /// A state-space layer's recurrent state (Mamba).
+    Ssm {
+        /// The last `conv_kernel - 1` inputs of the causal convolution,
+        /// `[B, K - 1, inner]`.
+        conv: Tensor,
+        /// The selective-scan state `[B, inner, state_size]`.
+        ssm: Tensor,
     },
 }
 
@@ -142,7 +151,7 @@ pub struct LoadedModel {
 }
 
 /// Architectures cram implements, as `model_type` names.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mamba"];
 
 fn unsupported(path: &Path, arch: &str) -> CramError {
     CramError::UnsupportedArchitecture {
@@ -223,6 +232,11 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                     let w = Weights::from_gguf(&path, content, false, &opts.device, opts.dtype)?;
                     Box::new(llama::Llama::load(&cfg, &w)?)
                 }
+                "mamba" => {
+                    let cfg = mamba::MambaConfig::from_gguf(&hparams::Gguf::new(&content, &path))?;
+                    let w = Weights::from_gguf(&path, content, false, &opts.device, opts.dtype)?;
+                    Box::new(mamba::Mamba::load(&cfg, &w)?)
+                }
                 other => return Err(unsupported(&path, other)),
             };
             Ok(LoadedModel {
@@ -249,6 +263,10 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             let model: Box<dyn CausalLm> = match arch.as_str() {
                 "llama" => Box::new(llama::Llama::load(
                     &llama::LlamaConfig::from_json(&hp)?,
+                    &w,
+                )?),
+                "mamba" => Box::new(mamba::Mamba::load(
+                    &mamba::MambaConfig::from_json(&hp)?,
                     &w,
                 )?),
                 other => return Err(unsupported(&files.config, other)),

@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 
+/// The reference fixtures and the checks shared by the architectures.
+pub mod reference;
+
 use std::path::PathBuf;
 
 /// The packaged SmolLM2-135M GGUF; fails (never skips) when it has not been
