@@ -449,10 +449,17 @@ pub fn merge(args: &MergeArgs, quiet: bool) -> anyhow::Result<()> {
     }
     // Check every configuration before writing anything.
     let mut metas: Vec<(PathBuf, RunMeta)> = Vec::new();
+    let mut started = Vec::new();
     for db in &dbs {
-        let m = Store::open_existing(db)?
-            .meta()?
-            .with_context(|| format!("{}: the run holds no configuration", db.display()))?;
+        let st = Store::open_existing(db)?;
+        let Some(m) = st.meta()? else {
+            // Created by a run killed before it recorded its configuration.
+            if st.count()? > 0 {
+                bail!("{}: holds cells but no configuration", db.display());
+            }
+            continue;
+        };
+        started.push(db.clone());
         if let Some((first, m0)) = metas.first() {
             if m0.config_hash != m.config_hash {
                 bail!(
@@ -486,7 +493,7 @@ pub fn merge(args: &MergeArgs, quiet: bool) -> anyhow::Result<()> {
     }
     let out_canon = std::fs::canonicalize(&out).ok();
     let mut added = 0;
-    for db in &dbs {
+    for db in &started {
         if std::fs::canonicalize(db).ok() == out_canon {
             continue;
         }

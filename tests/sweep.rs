@@ -580,3 +580,67 @@ fn shipped_configurations_parse() {
     let g = Grid::new(&small, &small.load_datasets(&dir).unwrap());
     assert_eq!(g.keys(&g.chunks).len(), 16);
 }
+
+#[test]
+fn a_sweep_killed_with_sigkill_resumes_to_the_complete_grid() {
+    let (dir, _) = setup();
+    // Slow cells (no convergence at this learning rate): a kill lands
+    // while cells are crammed or committed.
+    let cfg = dir.path().join("slow.toml");
+    fs::write(
+        &cfg,
+        config(1e-4, "[4]")
+            .replace("max_steps = 12", "max_steps = 40")
+            .replace("batch_size = 2", "batch_size = 1"),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let db = out.join("results.sqlite");
+    let mut kills = 0;
+    for round in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cram"))
+            .args(["sweep", s(&cfg), "--out", s(&out), "--quiet"])
+            .spawn()
+            .unwrap();
+        let before = if db.exists() {
+            Store::open_existing(&db).unwrap().count().unwrap()
+        } else {
+            0
+        };
+        // Wait for this process's first commit, then kill it (SIGKILL).
+        let t0 = std::time::Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let n = db
+                .exists()
+                .then(|| Store::open_existing(&db).ok()?.count().ok())
+                .flatten()
+                .unwrap_or(0);
+            if n > before {
+                std::thread::sleep(std::time::Duration::from_millis(7 * round as u64));
+                break;
+            }
+            assert!(t0.elapsed().as_secs() < 300, "no commit within 5 minutes");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        let st = Store::open_existing(&db).unwrap();
+        assert_eq!(st.integrity_check().unwrap(), "ok");
+        println!(
+            "round {round}: {} cells after the kill",
+            st.count().unwrap()
+        );
+    }
+    assert!(kills >= 2, "only {kills} kills landed");
+    ok(sweep(&cfg, &out, &[], &[]));
+    let run = load_run(&out).unwrap();
+    assert_eq!(run.cells.len(), 12);
+    assert_eq!(keys(&run), grid_keys(&cfg));
+    ok(cram(&["check", s(&out), "--config", s(&cfg)], &[]));
+}
