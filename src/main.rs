@@ -9,6 +9,7 @@ use cram::model::{self, LoadOptions, LoadedModel};
 
 mod bench_cmd;
 mod compress_cmd;
+mod sweep_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +61,27 @@ enum Command {
     Bench {
         #[command(subcommand)]
         kind: bench_cmd::BenchKind,
+    },
+    /// Run a sweep configuration's grid of cells into a run folder (resumable).
+    Sweep {
+        #[command(flatten)]
+        args: sweep_cmd::SweepArgs,
+    },
+    /// Write a run's cells as a table (csv, jsonl, parquet), one row per cell.
+    Export {
+        #[command(flatten)]
+        args: sweep_cmd::ExportArgs,
+    },
+    /// Combine runs of one configuration (e.g. shards) into one run folder.
+    Merge {
+        #[command(flatten)]
+        args: sweep_cmd::MergeArgs,
+    },
+    /// Check a run folder: database integrity, no duplicates, and with
+    /// --config a complete grid.
+    Check {
+        #[command(flatten)]
+        args: sweep_cmd::CheckArgs,
     },
     /// Greedy generation with a KV cache.
     Generate {
@@ -173,6 +195,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             compress_cmd::decompress(&m, &file, json)?;
         }
         Command::Bench { kind } => bench_cmd::run(&kind, cli.quiet)?,
+        Command::Sweep { args } => sweep_cmd::sweep(&args, cli.quiet)?,
+        Command::Export { args } => sweep_cmd::export(&args, cli.quiet)?,
+        Command::Merge { args } => sweep_cmd::merge(&args, cli.quiet)?,
+        Command::Check { args } => sweep_cmd::check(&args, cli.quiet)?,
         Command::Generate {
             model,
             prompt,
