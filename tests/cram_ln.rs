@@ -74,3 +74,46 @@ fn opt_crams_a_short_text_into_one_vector() {
 fn opt_with_projection_crams_into_narrow_vectors() {
     crams("opt_proj", TEXTS[2], 5, 2);
 }
+
+/// In bf16 the three architectures run and stay close to f32: the mean
+/// absolute logit difference is a small fraction of the logits' spread.
+#[test]
+fn bf16_logits_track_f32() {
+    use candle_core::{DType, Tensor};
+    for name in ["pythia_parallel", "gpt2_gelu_new", "opt_proj"] {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let opts = LoadOptions {
+            dtype: DType::BF16,
+            ..LoadOptions::default()
+        };
+        let m16 = load(dir.to_str().unwrap(), &opts).unwrap();
+        let m32 = fixture(name);
+        let ids = m32.tokenizer.encode(TEXTS[0], true).unwrap();
+        let logits = |m: &LoadedModel| {
+            let t = Tensor::new(ids.as_slice(), m.model.device())
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let e = m.model.embed(&t).unwrap();
+            m.model.forward(&e, None).unwrap()
+        };
+        let (a, b) = (logits(&m16), logits(&m32));
+        assert_eq!(a.dtype(), DType::F32, "logits come back in f32");
+        let mean = |t: Tensor| t.mean_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = mean((&a - &b).unwrap().abs().unwrap());
+        let spread = mean(
+            (&b - b.mean_all().unwrap().to_scalar::<f32>().unwrap() as f64)
+                .unwrap()
+                .abs()
+                .unwrap(),
+        );
+        println!("[{name}] bf16 vs f32: mean |diff| {diff:.3e}, mean |logit - mean| {spread:.3}");
+        assert!(diff > 0.0, "bf16 must actually compute in bf16");
+        assert!(
+            diff < 0.05 * spread,
+            "bf16 far from f32: {diff} vs spread {spread}"
+        );
+    }
+}

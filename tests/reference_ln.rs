@@ -147,7 +147,7 @@ fn gguf_metadata_errors_name_the_key() {
     use cram::model::gpt_neox::GptNeoXConfig;
     use cram::model::hparams::Gguf;
     for (name, key) in [
-        ("pythia_serial", "gptneox.rope.dimension_count"),
+        ("pythia_serial", "gptneox.attention.head_count"),
         ("pythia_serial", "gptneox.feed_forward_length"),
         ("gpt2_gelu_new", "gpt2.context_length"),
         ("gpt2_gelu_new", "gpt2.block_count"),

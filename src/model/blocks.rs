@@ -455,6 +455,20 @@ pub fn expect_width(x: &Tensor, dim: usize) -> Result<()> {
 // and a transformer layer with pre-norm, post-norm or parallel residuals.
 // ---------------------------------------------------------------------------
 
+impl Activation {
+    /// Parses the activation named by config field `field` of `source`, with
+    /// an error naming both when it is not one cram implements.
+    pub fn from_config(name: &str, source: &str, field: &str) -> Result<Self> {
+        Self::from_hf(name).ok_or_else(|| {
+            crate::error::CramError::bad_config(
+                source,
+                field,
+                format!("unsupported activation `{name}`"),
+            )
+        })
+    }
+}
+
 impl Linear {
     /// Loads a GPT-2 `Conv1D`: `{prefix}.weight` stored `[in, out]`
     /// (transposed relative to a linear layer) and optional `{prefix}.bias`.

@@ -40,12 +40,6 @@ pub struct Gpt2Config {
     pub tie_word_embeddings: bool,
 }
 
-fn act_from(name: &str, source: &str, field: &str) -> Result<Activation> {
-    Activation::from_hf(name).ok_or_else(|| {
-        CramError::bad_config(source, field, format!("unsupported activation `{name}`"))
-    })
-}
-
 impl Gpt2Config {
     /// Reads a `transformers` `config.json`.
     pub fn from_json(c: &Json) -> Result<Self> {
@@ -69,7 +63,7 @@ impl Gpt2Config {
             vocab_size: c.usize("vocab_size")?,
             max_positions: c.usize("n_positions")?,
             layer_norm_eps: c.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
-            act: act_from(&act_name, &source, "activation_function")?,
+            act: Activation::from_config(&act_name, &source, "activation_function")?,
             scale_attn_weights: c.opt_bool("scale_attn_weights")?.unwrap_or(true),
             scale_attn_by_inverse_layer_idx: c
                 .opt_bool("scale_attn_by_inverse_layer_idx")?
@@ -91,7 +85,7 @@ impl Gpt2Config {
                 .unwrap_or(4 * hidden_size),
             num_layers: g.usize("block_count")?,
             num_heads: g.usize("attention.head_count")?,
-            vocab_size: gguf_vocab_size(g)?,
+            vocab_size: g.vocab_size()?,
             max_positions: g.usize("context_length")?,
             layer_norm_eps: g.opt_f64("attention.layer_norm_epsilon")?.unwrap_or(1e-5),
             act: Activation::GeluTanh,
@@ -115,24 +109,6 @@ impl Gpt2Config {
             ));
         }
         Ok(())
-    }
-}
-
-/// The vocabulary size of a GGUF model: `<arch>.vocab_size`, else the rows
-/// of `token_embd.weight`.
-pub(crate) fn gguf_vocab_size(g: &Gguf) -> Result<usize> {
-    match g.opt_usize("vocab_size")? {
-        Some(v) => Ok(v),
-        None => g
-            .content()
-            .tensor_infos
-            .get("token_embd.weight")
-            .map(|t| t.shape.dims()[0])
-            .ok_or_else(|| CramError::BadTensor {
-                path: g.path().to_path_buf(),
-                tensor: "token_embd.weight".into(),
-                msg: "missing".into(),
-            }),
     }
 }
 

@@ -10,7 +10,6 @@ use super::blocks::{
     attention_bias, expect_width, run_ln_layers, Activation, Attention, Embedding, Linear, LnLayer,
     Mlp, Norm, Residual, Rotary,
 };
-use super::gpt2::gguf_vocab_size;
 use super::hparams::{Gguf, Json};
 use super::{tensor_std, CausalLm, DecodeState, ModelInfo};
 use crate::error::{CramError, Result};
@@ -85,9 +84,7 @@ impl GptNeoXConfig {
             },
         };
         let act_name = c.opt_str("hidden_act")?.unwrap_or_else(|| "gelu".into());
-        let act = Activation::from_hf(&act_name).ok_or_else(|| {
-            CramError::bad_config(&source, "hidden_act", format!("unsupported `{act_name}`"))
-        })?;
+        let act = Activation::from_config(&act_name, &source, "hidden_act")?;
         let head_dim = hidden_size / num_heads.max(1);
         let cfg = Self {
             hidden_size,
@@ -104,34 +101,46 @@ impl GptNeoXConfig {
             attention_bias: c.opt_bool("attention_bias")?.unwrap_or(true),
             tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         };
-        cfg.validate(&source)?;
+        cfg.validate(&source, "rotary_pct")?;
         Ok(cfg)
     }
 
     /// Reads GGUF metadata (`gptneox.*`).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let hidden_size = g.usize("embedding_length")?;
+        let num_heads = g.usize("attention.head_count")?;
         let has = |name: &str| g.content().tensor_infos.contains_key(name);
         let cfg = Self {
             hidden_size,
             intermediate_size: g.usize("feed_forward_length")?,
             num_layers: g.usize("block_count")?,
-            num_heads: g.usize("attention.head_count")?,
-            vocab_size: gguf_vocab_size(g)?,
+            num_heads,
+            vocab_size: g.vocab_size()?,
             max_position_embeddings: g.opt_usize("context_length")?.unwrap_or(2048),
-            rotary_dim: g.usize("rope.dimension_count")?,
+            // llama.cpp rotates whole heads when the key is absent.
+            rotary_dim: match g.opt_usize("rope.dimension_count")? {
+                Some(d) => d,
+                None => hidden_size / num_heads.max(1),
+            },
             rope_theta: g.opt_f64("rope.freq_base")?.unwrap_or(10000.0),
             layer_norm_eps: g.opt_f64("attention.layer_norm_epsilon")?.unwrap_or(1e-5),
-            use_parallel_residual: gguf_bool(g, "use_parallel_residual")?.unwrap_or(true),
+            use_parallel_residual: g.opt_bool("use_parallel_residual")?.unwrap_or(true),
+            // Pythia was trained with the exact GELU (llama.cpp runs its
+            // tanh approximation).
             act: Activation::Gelu,
             attention_bias: has("blk.0.attn_qkv.bias"),
             tie_word_embeddings: !has("output.weight"),
         };
-        cfg.validate(&format!("{} (GGUF metadata)", g.path().display()))?;
+        cfg.validate(
+            &format!("{} (GGUF metadata)", g.path().display()),
+            "gptneox.rope.dimension_count",
+        )?;
         Ok(cfg)
     }
 
-    fn validate(&self, source: &str) -> Result<()> {
+    /// Checks the heads and the rotary width (`rotary_field` names where it
+    /// came from).
+    fn validate(&self, source: &str, rotary_field: &str) -> Result<()> {
         let bad = |field: &str, msg: String| Err(CramError::bad_config(source, field, msg));
         if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(
@@ -145,7 +154,7 @@ impl GptNeoXConfig {
         let head_dim = self.hidden_size / self.num_heads;
         if self.rotary_dim > head_dim || !self.rotary_dim.is_multiple_of(2) {
             return bad(
-                "rotary_pct",
+                rotary_field,
                 format!(
                     "gives {} rotary channels of a {head_dim}-wide head; they must be \
                      an even number no larger than the head",
@@ -154,20 +163,6 @@ impl GptNeoXConfig {
             );
         }
         Ok(())
-    }
-}
-
-/// A boolean `<arch>.<field>` of GGUF metadata.
-fn gguf_bool(g: &Gguf, field: &str) -> Result<Option<bool>> {
-    let key = format!("{}.{field}", g.architecture()?);
-    match g.content().metadata.get(&key) {
-        None => Ok(None),
-        Some(candle_core::quantized::gguf_file::Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(CramError::bad_config(
-            format!("{} (GGUF metadata)", g.path().display()),
-            key,
-            "expected true or false",
-        )),
     }
 }
 

@@ -65,13 +65,7 @@ impl OptConfig {
         let act_name = c
             .opt_str("activation_function")?
             .unwrap_or_else(|| "relu".into());
-        let act = Activation::from_hf(&act_name).ok_or_else(|| {
-            CramError::bad_config(
-                &source,
-                "activation_function",
-                format!("unsupported `{act_name}`"),
-            )
-        })?;
+        let act = Activation::from_config(&act_name, &source, "activation_function")?;
         let num_heads = c.usize("num_attention_heads")?;
         if num_heads == 0 || !hidden_size.is_multiple_of(num_heads) {
             return Err(CramError::bad_config(
