@@ -233,8 +233,11 @@ def greedy_manual(model, prompt_ids, eos_ids, n):
     return out
 
 
-def build_reference(name, model, tok, logit_texts, batch_texts, greedy_prompts, grad_text, vocab_slice):
-    """Compute every reference quantity. Returns (json_dict, tensors_dict)."""
+def build_reference(name, model, tok, logit_texts, batch_texts, greedy_prompts, grad_text, vocab_slice,
+                    summary=None):
+    """Compute every reference quantity. Returns (json_dict, tensors_dict).
+
+    `summary(model)` gives the `config` entry (default: `config_summary`, for Llama)."""
     model.eval()
     tensors = {}
     V = model.config.vocab_size
@@ -328,7 +331,7 @@ def build_reference(name, model, tok, logit_texts, batch_texts, greedy_prompts, 
     emb = model.get_input_embeddings().weight
     emb_std = emb.detach().std()
     g = torch.Generator().manual_seed(GRAD_SEED)
-    H = model.config.hidden_size
+    H = emb.shape[1]  # the width of the input embeddings (OPT: word_embed_proj_dim)
     v = (torch.randn(H, generator=g) * emb_std).to(torch.float32)
     v_param = v.clone().requires_grad_(True)
     idt = torch.tensor(ids, dtype=torch.long)
@@ -341,7 +344,7 @@ def build_reference(name, model, tok, logit_texts, batch_texts, greedy_prompts, 
     tensors["grad"] = f32(v_param.grad)
     ref["grad"] = {"text": grad_text, "ids": list(ids), "loss": float(loss.item()), "emb_std": float(emb_std.item())}
 
-    ref["config"] = config_summary(model)
+    ref["config"] = (summary or config_summary)(model)
     return ref, tensors
 
 

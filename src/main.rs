@@ -149,7 +149,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect { model, json } => {
             let m = model.load()?;
             let info = m.model.info();
-            let capacity = model::theoretical_capacity(info.hidden_size, info.vocab_size, 1, 16.0);
+            // The trained vectors are input embeddings (narrower than the
+            // residual stream for OPT's `word_embed_proj_dim`).
+            let capacity = model::theoretical_capacity(info.input_size, info.vocab_size, 1, 16.0);
             if json {
                 let mut v = serde_json::to_value(info)?;
                 v["model"] = m.spec.clone().into();
@@ -163,6 +165,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("architecture:     {}", info.architecture);
                 println!("layers:           {}", info.num_layers);
                 println!("hidden size:      {}", info.hidden_size);
+                if info.input_size != info.hidden_size {
+                    println!("input size:       {}", info.input_size);
+                }
                 if info.num_heads == 0 {
                     println!("heads:            none (attention-free)");
                 } else {
@@ -183,7 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     m.tokenizer.eos_id(),
                     m.tokenizer.adds_bos()
                 );
-                println!("capacity:         {capacity:.1} tokens per 16-bit vector (hidden * 16 / log2(vocab))");
+                println!("capacity:         {capacity:.1} tokens per 16-bit vector (input size * 16 / log2(vocab))");
             }
         }
         Command::Compress { model, args } => {

@@ -102,6 +102,36 @@ fn hf_name_for_gguf(name: &str, gemma: bool) -> Option<String> {
         .map(|(_, hf)| join(hf.to_string()))
 }
 
+/// The Hugging Face name of a GGUF tensor through a table of per-layer
+/// names (`blk.{i}.{gguf}` becomes `{layer_prefix}.{i}.{hf}`) and one of
+/// whole-model names; the `.weight`/`.bias` suffix is kept.
+pub fn map_gguf_name(
+    name: &str,
+    layer_prefix: &str,
+    layer_names: &[(&str, &str)],
+    global_names: &[(&str, &str)],
+) -> Option<String> {
+    let (stem, suffix) = match name.rsplit_once('.') {
+        Some((s, suf @ ("weight" | "bias"))) => (s, format!(".{suf}")),
+        _ => (name, String::new()),
+    };
+    let lookup = |table: &[(&str, &str)], key: &str| {
+        table
+            .iter()
+            .find(|(g, _)| *g == key)
+            .map(|(_, hf)| hf.to_string())
+    };
+    let hf = match stem.strip_prefix("blk.") {
+        Some(rest) => {
+            let (layer, part) = rest.split_once('.')?;
+            let layer: usize = layer.parse().ok()?;
+            format!("{layer_prefix}.{layer}.{}", lookup(layer_names, part)?)
+        }
+        None => lookup(global_names, stem)?,
+    };
+    Some(format!("{hf}{suffix}"))
+}
+
 impl Weights {
     /// Opens safetensors files (one, or every shard of a sharded model).
     pub fn from_safetensors(files: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
@@ -144,10 +174,22 @@ impl Weights {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        Self::from_gguf_named(path, content, |g| hf_name_for_gguf(g, gemma), device, dtype)
+    }
+
+    /// Opens a GGUF file's tensor directory, naming each tensor by
+    /// `hf_name(gguf_name)` (tensors it maps to `None` are left out).
+    pub fn from_gguf_named(
+        path: &Path,
+        content: gguf_file::Content,
+        hf_name: impl Fn(&str) -> Option<String>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let by_hf_name = content
             .tensor_infos
             .keys()
-            .filter_map(|g| hf_name_for_gguf(g, gemma).map(|h| (h, g.clone())))
+            .filter_map(|g| hf_name(g).map(|h| (h, g.clone())))
             .collect();
         Ok(Self {
             store: Store::Gguf {

@@ -433,3 +433,233 @@ fn generate_mamba_matches_fixture() {
         }
     }
 }
+
+// ---- GPT-NeoX, GPT-2 and OPT --------------------------------------------------------
+// `inspect`, `generate` and `compress`/`decompress` on a fixture of each
+// architecture (folders and GGUF files), and bad input naming the field or
+// tensor.
+
+/// One fixture per architecture, with its `model_type`.
+const LN_MODELS: &[(&str, &str)] = &[
+    ("pythia_parallel", "gpt_neox"),
+    ("gpt2_gelu_new", "gpt2"),
+    ("opt_proj", "opt"),
+];
+
+fn ln_gguf(name: &str) -> PathBuf {
+    fixture_dir("gguf").join(format!("{name}.gguf"))
+}
+
+/// Every model spec to run: the folders, then the GGUF files.
+fn ln_specs() -> Vec<(String, PathBuf, &'static str)> {
+    let mut v: Vec<_> = LN_MODELS
+        .iter()
+        .map(|(name, arch)| (name.to_string(), fixture_dir(name), *arch))
+        .collect();
+    v.push(("gpt2_gelu_new".into(), ln_gguf("gpt2_gelu_new"), "gpt2"));
+    v.push(("pythia_serial".into(), ln_gguf("pythia_serial"), "gpt_neox"));
+    v
+}
+
+#[test]
+fn inspect_reports_every_architecture() {
+    for (name, path, arch) in ln_specs() {
+        let v = expect_success(&cram(
+            &["inspect", "--model", path_str(&path), "--json"],
+            &[],
+        ));
+        let cfg = &reference(&name)["config"];
+        println!(
+            "{}: {} layers, hidden {}, input {}, {} parameters, weights {}",
+            path.display(),
+            v["num_layers"],
+            v["hidden_size"],
+            v["input_size"],
+            v["num_parameters"],
+            v["weights_dtype"]
+        );
+        assert_eq!(v["architecture"], arch, "{name}: {v}");
+        for (ours, theirs) in [
+            ("hidden_size", "hidden_size"),
+            ("input_size", "input_size"),
+            ("num_layers", "num_hidden_layers"),
+            ("num_heads", "num_attention_heads"),
+            ("vocab_size", "vocab_size"),
+            ("context_length", "max_position_embeddings"),
+            ("num_parameters", "num_parameters"),
+        ] {
+            assert_eq!(v[ours], cfg[theirs], "{name}: {ours}: {v}");
+        }
+        assert_eq!(v["adds_bos"], true, "{name}: {v}");
+        // The text form runs too.
+        let out = inspect(&path);
+        assert!(out.status.success(), "{name}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(arch), "{name}: {text}");
+    }
+}
+
+#[test]
+fn generate_matches_transformers_on_every_architecture() {
+    for (name, path, _) in ln_specs() {
+        let r = reference(&name);
+        for case in r["greedy"].as_array().unwrap() {
+            let prompt = case["prompt"].as_str().unwrap();
+            let v = expect_success(&cram(
+                &[
+                    "generate",
+                    "--model",
+                    path_str(&path),
+                    "--prompt",
+                    prompt,
+                    "--max-new-tokens",
+                    "20",
+                    "--json",
+                ],
+                &[],
+            ));
+            assert_eq!(v["prompt_ids"], case["prompt_ids"], "{name}: {v}");
+            assert_eq!(v["token_ids"], case["token_ids"], "{name} {prompt:?}: {v}");
+            assert!(v["text"].is_string(), "{v}");
+        }
+        println!("{}: greedy ids equal transformers'", path.display());
+    }
+}
+
+/// `cram compress` then `cram decompress` give the text back; the settings
+/// are those under which tests/cram_ln.rs converges.
+#[test]
+fn compress_then_decompress_on_every_architecture() {
+    let cases: &[(&str, &Path, &str, &str, &str)] = &[
+        (
+            "pythia_serial",
+            &fixture_dir("pythia_serial"),
+            "In the morning the village woke to the smell of bread and wet grass.",
+            "5",
+            "1",
+        ),
+        (
+            "gpt2_gelu_new",
+            &ln_gguf("gpt2_gelu_new"),
+            "The keeper of the lighthouse walked along the rocky shore every evening.",
+            "4",
+            "1",
+        ),
+        (
+            "opt_proj",
+            &fixture_dir("opt_proj"),
+            "Computers store numbers as bits.",
+            "5",
+            "2",
+        ),
+    ];
+    for (name, model, text, tokens, mem) in cases {
+        let tmp = TempDir::new().unwrap();
+        let file = tmp.path().join("mem.safetensors");
+        let model = path_str(model);
+        let v = expect_success(&cram(
+            &[
+                "compress",
+                "--model",
+                model,
+                "--text",
+                text,
+                "--tokens",
+                tokens,
+                "--mem",
+                mem,
+                "--lr",
+                "0.1",
+                "--beta2",
+                "0.99",
+                "--max-steps",
+                "600",
+                "-o",
+                path_str(&file),
+                "--json",
+            ],
+            &[],
+        ));
+        assert_eq!(v["exact"], true, "{name}: {v}");
+        assert_eq!(v["best_accuracy"], 1.0, "{name}: {v}");
+        let d = expect_success(&cram(
+            &["decompress", "--model", model, path_str(&file), "--json"],
+            &[],
+        ));
+        println!(
+            "{name}: {tokens} tokens into {mem} vector(s) in {} steps, decoded {:?}",
+            v["steps"], d["text"]
+        );
+        assert_eq!(d["matches_original"], true, "{name}: {d}");
+    }
+}
+
+#[test]
+fn config_without_a_required_field_is_named() {
+    for (name, field) in [
+        ("pythia_parallel", "intermediate_size"),
+        ("gpt2_gelu_new", "n_layer"),
+        ("gpt2_gelu_new", "n_positions"),
+        ("opt_proj", "ffn_dim"),
+    ] {
+        let (_tmp, dir) = model_copy(name);
+        edit_config(&dir, |c| {
+            assert!(c.remove(field).is_some(), "{name} has {field}");
+        });
+        let config = dir.join("config.json");
+        expect_error(&inspect(&dir), &[path_str(&config), field, "missing"]);
+    }
+}
+
+#[test]
+fn tensor_of_the_wrong_shape_is_named() {
+    for (name, tensor, shape, wrong, want) in [
+        (
+            "pythia_parallel",
+            "gpt_neox.layers.1.attention.query_key_value.weight",
+            [192, 64],
+            [64, 192],
+            "[192, 64]",
+        ),
+        (
+            "gpt2_gelu_new",
+            "transformer.h.0.attn.c_attn.weight",
+            [64, 192],
+            [192, 64],
+            "[64, 192]",
+        ),
+        (
+            "opt_proj",
+            "model.decoder.project_in.weight",
+            [64, 32],
+            [32, 64],
+            "[64, 32]",
+        ),
+    ] {
+        let (_tmp, dir) = model_copy(name);
+        rewrite_weights(&dir, |n, s| {
+            if n == tensor {
+                assert_eq!(s, shape);
+                Some(wrong.to_vec())
+            } else {
+                Some(s.to_vec())
+            }
+        });
+        let weights = dir.join("model.safetensors");
+        expect_error(&inspect(&dir), &[path_str(&weights), tensor, want]);
+    }
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    for (name, tensor) in [
+        ("pythia_parallel", "embed_out.weight"),
+        ("gpt2_gelu_new", "transformer.wpe.weight"),
+        ("opt_proj", "model.decoder.embed_positions.weight"),
+    ] {
+        let (_tmp, dir) = model_copy(name);
+        rewrite_weights(&dir, |n, s| (n != tensor).then(|| s.to_vec()));
+        let weights = dir.join("model.safetensors");
+        expect_error(&inspect(&dir), &[path_str(&weights), tensor, "missing"]);
+    }
+}

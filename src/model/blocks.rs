@@ -448,3 +448,219 @@ pub fn expect_width(x: &Tensor, dim: usize) -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Blocks of the LayerNorm family (GPT-2, GPT-NeoX, OPT): fused and
+// transposed projections, a plain two-layer MLP, learned absolute positions,
+// and a transformer layer with pre-norm, post-norm or parallel residuals.
+// ---------------------------------------------------------------------------
+
+impl Activation {
+    /// Parses the activation named by config field `field` of `source`, with
+    /// an error naming both when it is not one cram implements.
+    pub fn from_config(name: &str, source: &str, field: &str) -> Result<Self> {
+        Self::from_hf(name).ok_or_else(|| {
+            crate::error::CramError::bad_config(
+                source,
+                field,
+                format!("unsupported activation `{name}`"),
+            )
+        })
+    }
+}
+
+impl Linear {
+    /// Loads a GPT-2 `Conv1D`: `{prefix}.weight` stored `[in, out]`
+    /// (transposed relative to a linear layer) and optional `{prefix}.bias`.
+    pub fn load_conv1d(
+        w: &Weights,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = w.get_f32(&format!("{prefix}.weight"), &[in_dim, out_dim])?;
+        let b = if bias {
+            Some(w.get(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Self {
+            w: w.place(&weight.t()?.contiguous()?)?,
+            b,
+        })
+    }
+
+    /// Splits a fused projection into consecutive blocks of output rows
+    /// (e.g. a `[q; k; v]` projection into three).
+    pub fn split_rows(&self, sizes: &[usize]) -> Result<Vec<Linear>> {
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(sizes.len());
+        for &n in sizes {
+            parts.push(Linear {
+                w: self.w.narrow(0, start, n)?.contiguous()?,
+                b: match &self.b {
+                    Some(b) => Some(b.narrow(0, start, n)?.contiguous()?),
+                    None => None,
+                },
+            });
+            start += n;
+        }
+        Ok(parts)
+    }
+}
+
+/// A two-layer MLP: `proj(act(fc(x)))` (GPT-2, GPT-NeoX, OPT).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    /// Up projection.
+    pub fc: Linear,
+    /// Down projection.
+    pub proj: Linear,
+    /// Activation between them.
+    pub act: Activation,
+}
+
+impl Mlp {
+    /// Applies the MLP.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.proj.forward(&self.act.forward(&self.fc.forward(x)?)?)
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.fc.num_params() + self.proj.num_params()
+    }
+}
+
+/// How a layer combines its attention and MLP with the residual stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    /// `x += attn(n1(x)); x += mlp(n2(x))` (GPT-2, OPT by default, GPT-NeoX
+    /// with `use_parallel_residual = false`).
+    PreNorm,
+    /// `x = n1(x + attn(x)); x = n2(x + mlp(x))` (OPT with
+    /// `do_layer_norm_before = false`).
+    PostNorm,
+    /// `x += attn(n1(x)) + mlp(n2(x))` (GPT-NeoX's parallel residual).
+    Parallel,
+}
+
+/// A transformer layer of the LayerNorm family: attention and a plain MLP,
+/// each with its norm, joined by a [`Residual`] scheme.
+#[derive(Debug, Clone)]
+pub struct LnLayer {
+    /// Norm of the attention branch.
+    pub attn_norm: Norm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// Norm of the MLP branch.
+    pub mlp_norm: Norm,
+    /// The MLP.
+    pub mlp: Mlp,
+    /// How the branches join the residual stream.
+    pub residual: Residual,
+}
+
+impl LnLayer {
+    /// Applies the layer to `x` `[B, T, hidden]`; `rope`, `bias` and `state`
+    /// as in [`Attention::forward`].
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        bias: &Tensor,
+        state: Option<&mut LayerState>,
+    ) -> Result<Tensor> {
+        Ok(match self.residual {
+            Residual::PreNorm => {
+                let a = self
+                    .attn
+                    .forward(&self.attn_norm.forward(x)?, rope, bias, state)?;
+                let x = (x + a)?;
+                let m = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;
+                (x + m)?
+            }
+            Residual::PostNorm => {
+                let a = self.attn.forward(x, rope, bias, state)?;
+                let x = self.attn_norm.forward(&(x + a)?)?;
+                let m = self.mlp.forward(&x)?;
+                self.mlp_norm.forward(&(x + m)?)?
+            }
+            Residual::Parallel => {
+                let a = self
+                    .attn
+                    .forward(&self.attn_norm.forward(x)?, rope, bias, state)?;
+                let m = self.mlp.forward(&self.mlp_norm.forward(x)?)?;
+                ((x + a)? + m)?
+            }
+        })
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.attn_norm.num_params()
+            + self.attn.num_params()
+            + self.mlp_norm.num_params()
+            + self.mlp.num_params()
+    }
+}
+
+/// Runs `x` through `layers` in order, each with its entry of `state` when
+/// decoding incrementally.
+pub fn run_ln_layers(
+    layers: &[LnLayer],
+    mut x: Tensor,
+    rope: Option<&(Tensor, Tensor)>,
+    bias: &Tensor,
+    mut state: Option<&mut super::DecodeState>,
+) -> Result<Tensor> {
+    for (i, l) in layers.iter().enumerate() {
+        let st = state.as_deref_mut().map(|s| &mut s.layers[i]);
+        x = l.forward(&x, rope, bias, st)?;
+    }
+    Ok(x)
+}
+
+/// Learned absolute position embeddings (GPT-2's `wpe`, OPT's
+/// `embed_positions`, whose first `offset` = 2 rows are never used by
+/// real positions).
+#[derive(Debug, Clone)]
+pub struct LearnedPositions {
+    /// `[offset + max_positions, dim]`.
+    pub emb: Embedding,
+    /// Row of position 0.
+    pub offset: usize,
+}
+
+impl LearnedPositions {
+    /// Number of positions the table covers.
+    pub fn max_positions(&self) -> Result<usize> {
+        Ok(self.emb.w.dim(0)? - self.offset)
+    }
+
+    /// Embeddings `[B, T, dim]` of positions `[B, T]` (i64; `-offset..`
+    /// are valid, as OPT gives padding position -1).
+    pub fn forward(&self, positions: &[Vec<i64>]) -> Result<Tensor> {
+        let max = self.max_positions()?;
+        let b = positions.len();
+        let t = positions.first().map_or(0, Vec::len);
+        let mut rows = Vec::with_capacity(b * t);
+        for p in positions.iter().flatten() {
+            let row = p + self.offset as i64;
+            if row < 0 || *p >= max as i64 {
+                return Err(crate::error::CramError::Input(format!(
+                    "position {p} is beyond the model's {max} learned positions"
+                )));
+            }
+            rows.push(row as u32);
+        }
+        let ids = Tensor::from_vec(rows, (b, t), self.emb.w.device())?;
+        self.emb.forward(&ids)
+    }
+
+    /// Positions `start..start + t` for each of `b` rows.
+    pub fn consecutive(b: usize, start: usize, t: usize) -> Vec<Vec<i64>> {
+        vec![(start as i64..(start + t) as i64).collect(); b]
+    }
+}

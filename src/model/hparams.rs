@@ -200,3 +200,37 @@ impl<'a> Gguf<'a> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Readers shared by the LayerNorm-family architectures (GPT-2, GPT-NeoX).
+// ---------------------------------------------------------------------------
+
+impl Gguf<'_> {
+    /// An optional boolean `<arch>.<field>`.
+    pub fn opt_bool(&self, field: &str) -> Result<Option<bool>> {
+        let key = self.key(field)?;
+        match self.content.metadata.get(&key) {
+            None => Ok(None),
+            Some(gguf_file::Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.err(&key, "expected true or false")),
+        }
+    }
+
+    /// The vocabulary size: `<arch>.vocab_size`, else the rows of
+    /// `token_embd.weight`.
+    pub fn vocab_size(&self) -> Result<usize> {
+        match self.opt_usize("vocab_size")? {
+            Some(v) => Ok(v),
+            None => self
+                .content
+                .tensor_infos
+                .get("token_embd.weight")
+                .map(|t| t.shape.dims()[0])
+                .ok_or_else(|| CramError::BadTensor {
+                    path: self.path.clone(),
+                    tensor: "token_embd.weight".into(),
+                    msg: "missing".into(),
+                }),
+        }
+    }
+}

@@ -5,9 +5,12 @@
 //! file per architecture, built on the shared blocks in [`blocks`].
 
 pub mod blocks;
+pub mod gpt2;
+pub mod gpt_neox;
 pub mod hparams;
 pub mod llama;
 pub mod mamba;
+pub mod opt;
 
 use std::path::{Path, PathBuf};
 
@@ -151,7 +154,7 @@ pub struct LoadedModel {
 }
 
 /// Architectures cram implements, as `model_type` names.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mamba"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mamba", "gpt_neox", "gpt2", "opt"];
 
 fn unsupported(path: &Path, arch: &str) -> CramError {
     CramError::UnsupportedArchitecture {
@@ -237,6 +240,29 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                     let w = Weights::from_gguf(&path, content, false, &opts.device, opts.dtype)?;
                     Box::new(mamba::Mamba::load(&cfg, &w)?)
                 }
+                "gpt2" => {
+                    let cfg = gpt2::Gpt2Config::from_gguf(&hparams::Gguf::new(&content, &path))?;
+                    let w = Weights::from_gguf_named(
+                        &path,
+                        content,
+                        gpt2::hf_name_for_gguf,
+                        &opts.device,
+                        opts.dtype,
+                    )?;
+                    Box::new(gpt2::Gpt2::load(&cfg, &w)?)
+                }
+                "gptneox" => {
+                    let cfg =
+                        gpt_neox::GptNeoXConfig::from_gguf(&hparams::Gguf::new(&content, &path))?;
+                    let w = Weights::from_gguf_named(
+                        &path,
+                        content,
+                        gpt_neox::hf_name_for_gguf,
+                        &opts.device,
+                        opts.dtype,
+                    )?;
+                    Box::new(gpt_neox::GptNeoX::load(&cfg, &w)?)
+                }
                 other => return Err(unsupported(&path, other)),
             };
             Ok(LoadedModel {
@@ -269,6 +295,12 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                     &mamba::MambaConfig::from_json(&hp)?,
                     &w,
                 )?),
+                "gpt_neox" => Box::new(gpt_neox::GptNeoX::load(
+                    &gpt_neox::GptNeoXConfig::from_json(&hp)?,
+                    &w,
+                )?),
+                "gpt2" => Box::new(gpt2::Gpt2::load(&gpt2::Gpt2Config::from_json(&hp)?, &w)?),
+                "opt" => Box::new(opt::Opt::load(&opt::OptConfig::from_json(&hp)?, &w)?),
                 other => return Err(unsupported(&files.config, other)),
             };
             Ok(LoadedModel {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 /// The packaged SmolLM2-135M GGUF; fails (never skips) when it has not been
 /// fetched, with the command that fetches it.
+#[allow(dead_code)]
 pub fn smollm2_gguf() -> PathBuf {
     match cram::source::resolve("smollm2-135m") {
         Ok(cram::source::ModelSource::Gguf { path }) => path,

@@ -347,3 +347,69 @@ pub fn check_outputs(
         });
     }
 }
+
+/// The size and identity checks of a model whose reference `config` holds
+/// `transformers`' names (hidden_size, num_hidden_layers,
+/// num_attention_heads, num_key_value_heads, vocab_size,
+/// max_position_embeddings, num_parameters and, when the input embeddings
+/// are narrower than the residual stream, input_size): those, the
+/// architecture, the embedding standard deviation and the tokenizer's
+/// BOS/EOS.
+pub fn check_sizes(c: &mut Checks, name: &str, m: &LoadedModel, r: &Reference, arch: &str) {
+    let info = m.model.info();
+    let tok = &m.tokenizer;
+    let j = &r.json;
+    let cfg = &j["config"];
+    let field = |k: &str| cfg[k].as_u64().unwrap_or_else(|| panic!("config.{k}")) as usize;
+    let input_size = cfg["input_size"]
+        .as_u64()
+        .map_or(field("hidden_size"), |x| x as usize);
+    for (what, got, want) in [
+        ("hidden_size", info.hidden_size, field("hidden_size")),
+        ("input_size", info.input_size, input_size),
+        ("num_layers", info.num_layers, field("num_hidden_layers")),
+        ("num_heads", info.num_heads, field("num_attention_heads")),
+        (
+            "num_kv_heads",
+            info.num_kv_heads,
+            field("num_key_value_heads"),
+        ),
+        ("vocab_size", info.vocab_size, field("vocab_size")),
+        (
+            "context_length",
+            info.context_length,
+            field("max_position_embeddings"),
+        ),
+        (
+            "num_parameters",
+            info.num_parameters,
+            field("num_parameters"),
+        ),
+    ] {
+        c.check(got == want, || {
+            format!("info.{what} = {got}, config says {want}")
+        });
+    }
+    c.check(info.architecture == arch, || {
+        format!("architecture {}, want {arch}", info.architecture)
+    });
+    let want = num(&j["grad"]["emb_std"]);
+    let rel = (info.embedding_std - want).abs() / want;
+    println!(
+        "[{name}] embedding std {:.7} (reference {want:.7}, relative diff {rel:.2e})",
+        info.embedding_std
+    );
+    c.check(rel <= EMB_STD_REL_TOL, || {
+        format!("embedding_std {} vs emb_std {want}", info.embedding_std)
+    });
+    let as_id = |k: &str| j[k].as_u64().map(|x| x as u32);
+    c.check(tok.bos_id() == as_id("bos_id"), || {
+        format!("bos_id {:?}, want {}", tok.bos_id(), j["bos_id"])
+    });
+    c.check(tok.eos_id() == as_id("eos_id"), || {
+        format!("eos_id {:?}, want {}", tok.eos_id(), j["eos_id"])
+    });
+    c.check(Some(tok.adds_bos()) == j["add_bos"].as_bool(), || {
+        format!("adds_bos {}, want {}", tok.adds_bos(), j["add_bos"])
+    });
+}
