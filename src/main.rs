@@ -9,6 +9,7 @@ use cram::model::{self, LoadOptions, LoadedModel};
 
 mod bench_cmd;
 mod compress_cmd;
+mod report_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +61,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         kind: bench_cmd::BenchKind,
+    },
+    /// Tables, figures and one index.html from the results of runs.
+    Report {
+        #[command(flatten)]
+        args: report_cmd::ReportArgs,
     },
     /// Greedy generation with a KV cache.
     Generate {
@@ -169,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             compress_cmd::decompress(&m, &file, json)?;
         }
         Command::Bench { kind } => bench_cmd::run(&kind, cli.quiet)?,
+        Command::Report { args } => report_cmd::run(&args, cli.quiet)?,
         Command::Generate {
             model,
             prompt,
