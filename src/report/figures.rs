@@ -4,8 +4,9 @@
 //! compiled into the binary (`assets/fonts/DejaVuSans.ttf`, registered as
 //! `sans-serif`), so figures render the same on a machine without any
 //! system font. Sizes are chosen for a figure printed one column wide
-//! (about 8.5 cm): a 1000-pixel-wide image with 28–34 px text prints at
-//! 7–8 pt.
+//! (8.5 cm): in a 1000-pixel-wide image one pixel prints at 0.24 pt, and
+//! text is set at 27–35 pixels per em (plotters' sizes are 1.24 em), so
+//! tick labels and legends print at 6.5–7 pt and axis titles at 8 pt.
 //!
 //! | file stem | content |
 //! |---|---|
@@ -37,11 +38,12 @@ static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 pub const FONT_FAMILY: &str = "sans-serif";
 
 const W: u32 = 1000;
-const H: u32 = 720;
-const TITLE_PX: f64 = 34.0;
-const AXIS_PX: f64 = 32.0;
-const TICK_PX: f64 = 28.0;
-const LEGEND_PX: f64 = 26.0;
+const H: u32 = 760;
+/// Text sizes in plotters' units (1.24 × pixels per em).
+const TITLE_PX: f64 = 44.0;
+const AXIS_PX: f64 = 41.0;
+const TICK_PX: f64 = 36.0;
+const LEGEND_PX: f64 = 33.0;
 
 /// Tableau 10, the series colours.
 const PALETTE: [RGBColor; 10] = [
@@ -192,11 +194,10 @@ enum Corner {
     UpperLeft,
     UpperRight,
     LowerLeft,
-    LowerRight,
 }
 
 /// Legends longer than this go to a panel right of the plot.
-const MAX_INLINE_ENTRIES: usize = 9;
+const MAX_INLINE_ENTRIES: usize = 7;
 const ROW: i32 = (LEGEND_PX * 1.45) as i32;
 const KEY_W: i32 = 34;
 
@@ -207,7 +208,7 @@ fn panel_width(entries: &[Entry]) -> u32 {
         .map(|e| e.label.chars().count())
         .max()
         .unwrap_or(0);
-    (chars as f64 * LEGEND_PX * 0.6) as u32 + KEY_W as u32 + 60
+    (chars as f64 * LEGEND_PX * 0.5) as u32 + KEY_W as u32 + 60
 }
 
 /// Size of a figure whose legend has `entries`: wider (and as tall as the
@@ -272,7 +273,6 @@ fn draw_legend<DB: DrawingBackend, CT: CoordTranslate>(
             Corner::UpperLeft => (m, m),
             Corner::UpperRight => (aw - bw - m, m),
             Corner::LowerLeft => (m, ah - bh - m),
-            Corner::LowerRight => (aw - bw - m, ah - bh - m),
         }
     };
     area.draw(&Rectangle::new(
@@ -286,18 +286,7 @@ fn draw_legend<DB: DrawingBackend, CT: CoordTranslate>(
     for (i, e) in entries.iter().enumerate() {
         let y = y0 + pad + ROW * i as i32 + ROW / 2 - 3;
         let x = x0 + pad;
-        match e.key {
-            Key::Line(s, false) => area.draw(&PathElement::new(vec![(x, y), (x + KEY_W, y)], s))?,
-            Key::Line(s, true) => {
-                area.draw(&PathElement::new(vec![(x, y), (x + 13, y)], s))?;
-                area.draw(&PathElement::new(vec![(x + 21, y), (x + KEY_W, y)], s))?;
-            }
-            Key::Dot(s) => area.draw(&Circle::new((x + KEY_W / 2, y), 8, s))?,
-            Key::Bar(s) => area.draw(&Rectangle::new(
-                [(x + 4, y - 10), (x + KEY_W - 4, y + 10)],
-                s,
-            ))?,
-        }
+        draw_key(&area, e.key, x, y)?;
         area.draw(&Text::new(
             e.label.clone(),
             (x + KEY_W + 12, y),
@@ -305,6 +294,51 @@ fn draw_legend<DB: DrawingBackend, CT: CoordTranslate>(
         ))?;
     }
     Ok(())
+}
+
+/// Draws `entries` in `cols` columns (filled top to bottom) across `area`,
+/// a band of its own under a plot.
+fn draw_legend_columns<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[Entry],
+    cols: usize,
+) -> DrawResult<DB> {
+    let rows = entries.len().div_ceil(cols.max(1)).max(1);
+    let col_w = area.dim_in_pixel().0 as i32 / cols.max(1) as i32;
+    let style = font(LEGEND_PX).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, e) in entries.iter().enumerate() {
+        let (c, r) = (i / rows, i % rows);
+        let x = 20 + col_w * c as i32;
+        let y = 10 + ROW * r as i32 + ROW / 2;
+        draw_key(area, e.key, x, y)?;
+        area.draw(&Text::new(
+            e.label.clone(),
+            (x + KEY_W + 12, y),
+            style.clone(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Draws a legend key with its left end at `(x, y)`.
+fn draw_key<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    key: Key,
+    x: i32,
+    y: i32,
+) -> DrawResult<DB> {
+    match key {
+        Key::Line(s, false) => area.draw(&PathElement::new(vec![(x, y), (x + KEY_W, y)], s)),
+        Key::Line(s, true) => {
+            area.draw(&PathElement::new(vec![(x, y), (x + 13, y)], s))?;
+            area.draw(&PathElement::new(vec![(x + 21, y), (x + KEY_W, y)], s))
+        }
+        Key::Dot(s) => area.draw(&Circle::new((x + KEY_W / 2, y), 8, s)),
+        Key::Bar(s) => area.draw(&Rectangle::new(
+            [(x + 4, y - 10), (x + KEY_W - 4, y + 10)],
+            s,
+        )),
+    }
 }
 
 /// Places text labels next to points (pixel coordinates) without overlaps:
@@ -492,8 +526,9 @@ fn chart<'a, DB: DrawingBackend>(
     }
     let mut c = b
         .margin(20)
-        .x_label_area_size(90)
-        .y_label_area_size(120)
+        .margin_right(45)
+        .x_label_area_size(110)
+        .y_label_area_size(150)
         .build_cartesian_2d(x.range(), y.range())?;
     let (xf, yf) = (|v: &f64| x.label(*v), |v: &f64| y.label(*v));
     c.configure_mesh()
@@ -571,10 +606,9 @@ struct MaxLossless {
     datasets: Vec<String>,
     /// `values[model][dataset]`; `None` where the model has no such group.
     values: Vec<Vec<Option<f64>>>,
-    threshold: f64,
 }
 
-const BAR_PX: u32 = 34;
+const BAR_PX: u32 = 40;
 
 impl MaxLossless {
     fn slot(&self) -> u32 {
@@ -582,12 +616,22 @@ impl MaxLossless {
     }
 }
 
+impl MaxLossless {
+    /// Height of the bar chart without its legend band.
+    fn chart_height(&self) -> u32 {
+        (200 + self.slot() * self.models.len() as u32).max(H / 2)
+    }
+}
+
 impl Plot for MaxLossless {
     fn size(&self) -> (u32, u32) {
-        (W, (200 + self.slot() * self.models.len() as u32).max(H / 2))
+        let legend = ROW as u32 * self.datasets.len().div_ceil(2) as u32 + 20;
+        (W, self.chart_height() + legend)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let (root, below) = root.split_vertically(self.chart_height());
+        let root = &root;
         let n = self.models.len() as i32;
         let k = self.datasets.len();
         let mut label_w = 0;
@@ -603,7 +647,8 @@ impl Plot for MaxLossless {
         let xmax = vmax * 1.2;
         let mut c = ChartBuilder::on(root)
             .margin(20)
-            .x_label_area_size(90)
+            .margin_right(45)
+            .x_label_area_size(110)
             .y_label_area_size(label_w + 30)
             .build_cartesian_2d(0f64..xmax, 0f64..n as f64)?;
         let xf = |v: &f64| {
@@ -616,10 +661,7 @@ impl Plot for MaxLossless {
         c.configure_mesh()
             .disable_y_mesh()
             .y_labels(0)
-            .x_desc(format!(
-                "Max lossless length (accuracy ≥ {}), tokens",
-                self.threshold
-            ))
+            .x_desc("Max lossless length, tokens")
             .axis_desc_style(font(AXIS_PX))
             .label_style(font(TICK_PX))
             .x_label_formatter(&xf)
@@ -660,7 +702,7 @@ impl Plot for MaxLossless {
             .enumerate()
             .map(|(d, name)| Entry::bar(name.as_str(), color(d).filled()))
             .collect();
-        draw_legend(&c, None, &entries, Corner::LowerRight)
+        draw_legend_columns(&below, &entries, 2)
     }
 }
 
@@ -744,11 +786,56 @@ struct CeScatter<'a> {
     threshold: f64,
 }
 
+/// The colour bin of length `l` among the ascending `lengths`.
+fn bin_of(lengths: &[usize], n_bins: usize, l: usize) -> usize {
+    let i = lengths.binary_search(&l).unwrap_or(0);
+    i * n_bins / lengths.len().max(1)
+}
+
 /// Most colours (length bins) in a CE figure.
 const MAX_LENGTH_BINS: usize = 6;
 
+impl CeScatter<'_> {
+    /// Rows of the two-column legend under the plot: the no-gain line,
+    /// lossless texts, one per length bin, two fits (at most).
+    fn legend_rows(&self) -> u32 {
+        let t = self.threshold;
+        let lossless = self.cells.iter().any(|c| c.best_accuracy >= t);
+        let (lengths, n_bins) = self.lengths();
+        let bins: BTreeSet<usize> = self
+            .cells
+            .iter()
+            .filter(|c| c.best_accuracy < t)
+            .map(|c| bin_of(&lengths, n_bins, c.length))
+            .collect();
+        let fits = usize::from(self.group.ce_fit_unit_slope.is_some())
+            + usize::from(self.group.ce_fit_free.is_some());
+        let n = 1 + usize::from(lossless) + bins.len() + fits;
+        n.div_ceil(2) as u32
+    }
+
+    /// The distinct lengths, ascending, and how many colour bins they get.
+    fn lengths(&self) -> (Vec<usize>, usize) {
+        let lengths: Vec<usize> = self
+            .cells
+            .iter()
+            .map(|c| c.length)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let n_bins = lengths.len().min(MAX_LENGTH_BINS);
+        (lengths, n_bins)
+    }
+}
+
 impl Plot for CeScatter<'_> {
+    fn size(&self) -> (u32, u32) {
+        (W, H + 30 + ROW as u32 * self.legend_rows())
+    }
+
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let (root, below) = root.split_vertically(H);
+        let root = &root;
         let t = self.threshold;
         let xs = self.cells.iter().map(|c| c.original_ce());
         let ys = self.cells.iter().map(|c| c.compressed_ce());
@@ -760,18 +847,8 @@ impl Plot for CeScatter<'_> {
         let mut entries = Vec::new();
 
         // Lengths to colours: every length, or bins of neighbouring lengths.
-        let lengths: Vec<usize> = self
-            .cells
-            .iter()
-            .map(|c| c.length)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let n_bins = lengths.len().min(MAX_LENGTH_BINS);
-        let bin_of = |l: usize| {
-            let i = lengths.binary_search(&l).unwrap_or(0);
-            i * n_bins / lengths.len()
-        };
+        let (lengths, n_bins) = self.lengths();
+        let bin_of = |l: usize| bin_of(&lengths, n_bins, l);
         let bin_colour = |b: usize| {
             viridis(if n_bins > 1 {
                 b as f64 / (n_bins - 1) as f64
@@ -822,12 +899,14 @@ impl Plot for CeScatter<'_> {
                 col.filled(),
             ));
         }
+        // The fits' long labels fill the legend's first column.
+        let mut fits = Vec::new();
         let g = self.group;
         if let Some(f) = g.ce_fit_unit_slope {
             let style = RGBColor(200, 30, 30).stroke_width(4);
             if let Some(p) = clip_line(1.0, f.intercept, (x.lo, x.hi), (y.lo, y.hi)) {
                 c.draw_series(LineSeries::new(p, style))?;
-                entries.push(Entry::line(
+                fits.push(Entry::line(
                     format!("fit, slope 1: y = x{}", signed(f.intercept)),
                     style,
                 ));
@@ -837,7 +916,7 @@ impl Plot for CeScatter<'_> {
             let style = RGBColor(30, 30, 30).stroke_width(3);
             if let Some(p) = clip_line(f.slope, f.intercept, (x.lo, x.hi), (y.lo, y.hi)) {
                 c.draw_series(DashedLineSeries::new(p, 14, 8, style))?;
-                entries.push(Entry::dashed(
+                fits.push(Entry::dashed(
                     format!(
                         "fit: y = {:.2} x{}, R² {:.2}",
                         f.slope,
@@ -848,7 +927,8 @@ impl Plot for CeScatter<'_> {
                 ));
             }
         }
-        draw_legend(&c, None, &entries, Corner::UpperLeft)
+        fits.extend(entries);
+        draw_legend_columns(&below, &fits, 2)
     }
 }
 
@@ -857,7 +937,6 @@ impl Plot for CeScatter<'_> {
 struct Vectors {
     /// (label, [(n_mem, max lossless length)]).
     series: Vec<(String, Vec<(usize, f64)>)>,
-    threshold: f64,
 }
 
 impl Vectors {
@@ -890,12 +969,7 @@ impl Plot for Vectors {
             .iter()
             .flat_map(|s| s.1.iter().map(|p| p.1))
             .fold(1.0, f64::max);
-        let y = Axis::linear(
-            &format!("Max lossless length (acc ≥ {}), tokens", self.threshold),
-            0.0,
-            ymax * 1.15,
-        )
-        .counts();
+        let y = Axis::linear("Max lossless length, tokens", 0.0, ymax * 1.15).counts();
         let mut c = chart(&plot, "", &x, &y)?;
         for (i, (_, pts)) in self.series.iter().enumerate() {
             let col = color(i);
@@ -1016,7 +1090,7 @@ impl Curves<'_> {
 
 impl Plot for Curves<'_> {
     fn size(&self) -> (u32, u32) {
-        (W, 1150)
+        (W, 1250)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
@@ -1033,7 +1107,7 @@ impl Plot for Curves<'_> {
             .flat_map(|c| c.loss_curve.iter().map(|&v| v as f64))
             .filter(|v| v.is_finite())
             .fold(1e-6, f64::max);
-        let (top, bottom) = root.split_vertically(565);
+        let (top, bottom) = root.split_vertically(615);
         let x = Axis::linear("Optimisation step", 0.0, steps).counts();
         let series = |curve: &[f32]| -> Vec<(f64, f64)> {
             curve
@@ -1157,7 +1231,6 @@ pub fn draw_all(
             })
             .collect(),
         datasets: datasets.clone(),
-        threshold: t,
     };
     add(
         "max_lossless".into(),
@@ -1221,7 +1294,6 @@ pub fn draw_all(
                 )
             })
             .collect(),
-        threshold: t,
     };
     add(
         "vectors".into(),
