@@ -192,7 +192,6 @@ impl Entry {
 #[derive(Clone, Copy, PartialEq)]
 enum Corner {
     UpperLeft,
-    UpperRight,
     LowerLeft,
 }
 
@@ -263,15 +262,13 @@ fn draw_legend<DB: DrawingBackend, CT: CoordTranslate>(
         KEY_W + 12 + text_w + 2 * pad,
         ROW * entries.len() as i32 + 2 * pad - 6,
     );
-    let (aw, ah) = area.dim_in_pixel();
-    let (aw, ah) = (aw as i32, ah as i32);
+    let ah = area.dim_in_pixel().1 as i32;
     let m = 10;
     let (x0, y0) = if panel.is_some() {
         (m, 20)
     } else {
         match corner {
             Corner::UpperLeft => (m, m),
-            Corner::UpperRight => (aw - bw - m, m),
             Corner::LowerLeft => (m, ah - bh - m),
         }
     };
@@ -1061,6 +1058,9 @@ impl Plot for Capacity {
 
 // ---------------------------------------------------------------- curves
 
+/// Height of the two curve panels.
+const CURVES_H: u32 = 1230;
+
 struct Curves<'a> {
     cells: &'a [&'a ReportCell],
 }
@@ -1090,7 +1090,8 @@ impl Curves<'_> {
 
 impl Plot for Curves<'_> {
     fn size(&self) -> (u32, u32) {
-        (W, 1250)
+        let legend = ROW as u32 * self.cells.len().div_ceil(2) as u32 + 20;
+        (W, CURVES_H + legend)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
@@ -1107,7 +1108,8 @@ impl Plot for Curves<'_> {
             .flat_map(|c| c.loss_curve.iter().map(|&v| v as f64))
             .filter(|v| v.is_finite())
             .fold(1e-6, f64::max);
-        let (top, bottom) = root.split_vertically(615);
+        let (panels, below) = root.split_vertically(CURVES_H);
+        let (top, bottom) = panels.split_vertically(CURVES_H / 2);
         let x = Axis::linear("Optimisation step", 0.0, steps).counts();
         let series = |curve: &[f32]| -> Vec<(f64, f64)> {
             curve
@@ -1125,7 +1127,6 @@ impl Plot for Curves<'_> {
                 color(i).stroke_width(3),
             ))?;
         }
-        draw_legend(&c, None, &self.entries(), Corner::UpperRight)?;
         let y = Axis::linear("Accuracy", 0.0, 1.04);
         let mut c = chart(&bottom, "", &x, &y)?;
         for (i, rc) in self.cells.iter().enumerate() {
@@ -1134,7 +1135,7 @@ impl Plot for Curves<'_> {
                 color(i).stroke_width(3),
             ))?;
         }
-        Ok(())
+        draw_legend_columns(&below, &self.entries(), 2)
     }
 }
 
