@@ -187,14 +187,6 @@ impl Entry {
     }
 }
 
-/// Where a legend goes: a corner of the plotting area, or a panel of its
-/// own right of the plot (for long legends).
-#[derive(Clone, Copy, PartialEq)]
-enum Corner {
-    UpperLeft,
-    LowerLeft,
-}
-
 /// Legends longer than this go to a panel right of the plot.
 const MAX_INLINE_ENTRIES: usize = 7;
 const ROW: i32 = (LEGEND_PX * 1.45) as i32;
@@ -210,8 +202,13 @@ fn panel_width(entries: &[Entry]) -> u32 {
     (chars as f64 * LEGEND_PX * 0.5) as u32 + KEY_W as u32 + 60
 }
 
-/// Size of a figure whose legend has `entries`: wider (and as tall as the
-/// legend) when the legend needs a panel.
+/// Height of a two-column legend band of `n` entries under a plot.
+fn band_height(n: usize) -> u32 {
+    ROW as u32 * n.div_ceil(2) as u32 + 20
+}
+
+/// Size of a figure whose legend has `entries`: a band under the plot, or
+/// for a long legend a panel right of it (the figure as tall as it).
 fn size_with_legend(entries: &[Entry], base: (u32, u32)) -> (u32, u32) {
     if entries.len() > MAX_INLINE_ENTRIES {
         (
@@ -219,31 +216,50 @@ fn size_with_legend(entries: &[Entry], base: (u32, u32)) -> (u32, u32) {
             base.1.max(ROW as u32 * entries.len() as u32 + 80),
         )
     } else {
-        base
+        (base.0, base.1 + band_height(entries.len()))
     }
 }
 
-/// Splits `root` into the plot and, for a long legend, the legend panel.
+/// Where [`split_for_legend`] put the legend.
+enum LegendArea<DB: DrawingBackend> {
+    Panel(DrawingArea<DB, Shift>),
+    Band(DrawingArea<DB, Shift>),
+}
+
+/// Splits `root` (sized by [`size_with_legend`]) into the plot and the
+/// legend's panel or band.
 fn split_for_legend<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     entries: &[Entry],
-) -> (DrawingArea<DB, Shift>, Option<DrawingArea<DB, Shift>>) {
+) -> (DrawingArea<DB, Shift>, LegendArea<DB>) {
+    let (w, h) = root.dim_in_pixel();
     if entries.len() > MAX_INLINE_ENTRIES {
-        let w = root.dim_in_pixel().0 - panel_width(entries);
-        let (plot, panel) = root.split_horizontally(w);
-        (plot, Some(panel))
+        let (plot, panel) = root.split_horizontally(w - panel_width(entries));
+        (plot, LegendArea::Panel(panel))
     } else {
-        (root.clone(), None)
+        let (plot, band) = root.split_vertically(h - band_height(entries.len()));
+        (plot, LegendArea::Band(band))
+    }
+}
+
+/// Draws `entries` where [`split_for_legend`] put them.
+fn finish_legend<DB: DrawingBackend, CT: CoordTranslate>(
+    chart: &ChartContext<DB, CT>,
+    at: &LegendArea<DB>,
+    entries: &[Entry],
+) -> DrawResult<DB> {
+    match at {
+        LegendArea::Panel(p) => draw_legend(chart, Some(p), entries),
+        LegendArea::Band(b) => draw_legend_columns(b, entries, 2),
     }
 }
 
 /// Draws `entries` in a framed box: in the panel when there is one, else in
-/// `corner` of the chart's plotting area.
+/// the upper left corner of the chart's plotting area.
 fn draw_legend<DB: DrawingBackend, CT: CoordTranslate>(
     chart: &ChartContext<DB, CT>,
     panel: Option<&DrawingArea<DB, Shift>>,
     entries: &[Entry],
-    corner: Corner,
 ) -> DrawResult<DB> {
     if entries.is_empty() {
         return Ok(());
@@ -262,16 +278,7 @@ fn draw_legend<DB: DrawingBackend, CT: CoordTranslate>(
         KEY_W + 12 + text_w + 2 * pad,
         ROW * entries.len() as i32 + 2 * pad - 6,
     );
-    let ah = area.dim_in_pixel().1 as i32;
-    let m = 10;
-    let (x0, y0) = if panel.is_some() {
-        (m, 20)
-    } else {
-        match corner {
-            Corner::UpperLeft => (m, m),
-            Corner::LowerLeft => (m, ah - bh - m),
-        }
-    };
+    let (x0, y0) = if panel.is_some() { (10, 20) } else { (10, 10) };
     area.draw(&Rectangle::new(
         [(x0, y0), (x0 + bw, y0 + bh)],
         WHITE.mix(0.88).filled(),
@@ -770,7 +777,7 @@ impl Plot for AccuracyVsLength<'_> {
             c.draw_series(pts.iter().map(|&p| Circle::new(p, 7, col.filled())))?;
             c.draw_series(DashedLineSeries::new(orig, 8, 8, col.stroke_width(2)))?;
         }
-        draw_legend(&c, panel.as_ref(), &entries, Corner::LowerLeft)
+        finish_legend(&c, &panel, &entries)
     }
 }
 
@@ -974,7 +981,7 @@ impl Plot for Vectors {
             c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(4)))?;
             c.draw_series(pts.into_iter().map(|p| Circle::new(p, 8, col.filled())))?;
         }
-        draw_legend(&c, panel.as_ref(), &entries, Corner::UpperLeft)
+        finish_legend(&c, &panel, &entries)
     }
 }
 
@@ -986,14 +993,35 @@ struct Capacity {
     datasets: Vec<String>,
 }
 
+impl Capacity {
+    fn entries(&self) -> Vec<Entry> {
+        let mut e = vec![Entry::dashed(
+            "equal utilisation",
+            BLACK.mix(0.35).stroke_width(2),
+        )];
+        for (d, name) in self.datasets.iter().enumerate() {
+            if self.points.iter().any(|p| p.1 == d) {
+                e.push(Entry::dot(name.as_str(), color(d).filled()));
+            }
+        }
+        e
+    }
+}
+
 impl Plot for Capacity {
+    fn size(&self) -> (u32, u32) {
+        size_with_legend(&self.entries(), (W, H))
+    }
+
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let entries = self.entries();
+        let (plot, legend_at) = split_for_legend(root, &entries);
+        let root = &plot;
         let xmax = self.points.iter().map(|p| p.2).fold(1.0, f64::max) * 1.2;
         let ymax = self.points.iter().map(|p| p.3).fold(1.0, f64::max) * 1.3;
         let x = Axis::linear("Theoretical capacity, tokens", 0.0, xmax);
-        let y = Axis::linear("Empirical capacity (token gain), tokens", 0.0, ymax);
+        let y = Axis::linear("Empirical capacity, tokens", 0.0, ymax);
         let mut c = chart(root, "", &x, &y)?;
-        let mut entries = Vec::new();
         // Lines of equal utilisation near the points' utilisations, each
         // labelled at the end where it leaves the box.
         let utils = self.points.iter().map(|p| p.3 / p.2);
@@ -1009,9 +1037,6 @@ impl Plot for Capacity {
             };
             let end = p[1];
             c.draw_series(DashedLineSeries::new(p, 6, 6, grey))?;
-            if entries.is_empty() {
-                entries.push(Entry::dashed("equal utilisation", grey));
-            }
             // Leaves through the top: label below its end; else above.
             let (v, dy) = if end.1 >= y.hi * 0.999 {
                 (VPos::Top, 8)
@@ -1023,7 +1048,7 @@ impl Plot for Capacity {
                 EmptyElement::at(end) + Text::new(format!("{}%", u * 100.0), (-8, dy), style),
             ))?;
         }
-        for (d, name) in self.datasets.iter().enumerate() {
+        for d in 0..self.datasets.len() {
             let style = color(d).filled();
             let pts: Vec<(f64, f64)> = self
                 .points
@@ -1035,7 +1060,6 @@ impl Plot for Capacity {
                 continue;
             }
             c.draw_series(pts.into_iter().map(|p| Circle::new(p, 9, style)))?;
-            entries.push(Entry::dot(name.as_str(), style));
         }
         // Point labels where they fit without overlapping.
         let area = c.plotting_area().strip_coord_spec();
@@ -1052,7 +1076,7 @@ impl Plot for Capacity {
         for (i, at, pos) in place_labels(&px, &sizes, (0, 0, aw as i32, ah as i32)) {
             area.draw(&Text::new(self.points[i].0.clone(), at, style.pos(pos)))?;
         }
-        draw_legend(&c, None, &entries, Corner::UpperLeft)
+        finish_legend(&c, &legend_at, &entries)
     }
 }
 
