@@ -18,6 +18,7 @@ pub mod memfile;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod report;
 pub mod sentences;
 pub mod source;
 pub mod store;

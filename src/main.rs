@@ -9,6 +9,7 @@ use cram::model::{self, LoadOptions, LoadedModel};
 
 mod bench_cmd;
 mod compress_cmd;
+mod report_cmd;
 mod sweep_cmd;
 
 #[derive(Parser)]
@@ -82,6 +83,11 @@ enum Command {
     Check {
         #[command(flatten)]
         args: sweep_cmd::CheckArgs,
+    },
+    /// Tables, figures and one index.html from the results of runs.
+    Report {
+        #[command(flatten)]
+        args: report_cmd::ReportArgs,
     },
     /// Greedy generation with a KV cache.
     Generate {
@@ -204,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { args } => sweep_cmd::export(&args, cli.quiet)?,
         Command::Merge { args } => sweep_cmd::merge(&args, cli.quiet)?,
         Command::Check { args } => sweep_cmd::check(&args, cli.quiet)?,
+        Command::Report { args } => report_cmd::run(&args, cli.quiet)?,
         Command::Generate {
             model,
             prompt,

@@ -1,6 +1,6 @@
 //! The report stage's arithmetic: per-text metrics of a cramming run and the
 //! paper's per-model aggregates (Kuratov et al. 2025, Table 1 and Figures
-//! 3–4).
+//! 3 and 6).
 //!
 //! The input is a flat list of [`Cell`]s, one per (model, dataset, text,
 //! `n_mem`, length) run, built from an engine result with
@@ -46,7 +46,7 @@
 //!   so a cell exactly at the threshold counts as at capacity.
 //! * **capacity utilisation**: mean token gain / theoretical capacity of the
 //!   group's `n_mem` vectors (one vector in the paper).
-//! * **CE fits** (Figure 4, compressed CE against original CE): least
+//! * **CE fits** (Figures 3 and 6, compressed CE against original CE): least
 //!   squares over the cells with `best_accuracy < t` (the figure's code
 //!   writes `<`), with the slope fixed to 1 (intercept `mean(y - x)`) and
 //!   with a free slope.
