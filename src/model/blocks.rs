@@ -197,6 +197,10 @@ impl Rotary {
 /// Additive attention bias `[B, 1, T, start + T]`: 0 where query `i` may see
 /// key `j` (causal, key not padding, within the sliding window), `-inf`
 /// elsewhere. `mask` is `[B, start + T]` with 1 for real tokens.
+///
+/// A query that would see no key at all (a padding position whose window
+/// holds only padding) sees itself instead, so that its softmax has no NaN
+/// to spread through the values; padding outputs are never used.
 pub fn attention_bias(
     b: usize,
     t: usize,
@@ -217,11 +221,15 @@ pub fn attention_bias(
             let qpos = start + i;
             for j in 0..total {
                 let causal = j <= qpos;
-                let in_window = window.is_none_or(|w| qpos - j < w);
+                let in_window = window.is_none_or(|w| j + w > qpos);
                 let real = keep.as_ref().is_none_or(|k| k[bi][j] > 0.5);
                 if !(causal && in_window && real) {
                     v[(bi * t + i) * total + j] = f32::NEG_INFINITY;
                 }
+            }
+            let row = &mut v[(bi * t + i) * total..(bi * t + i + 1) * total];
+            if row.iter().all(|x| x.is_infinite()) {
+                row[qpos] = 0.0;
             }
         }
     }
@@ -288,10 +296,31 @@ impl Attention {
         bias: &Tensor,
         state: Option<&mut LayerState>,
     ) -> Result<Tensor> {
+        self.forward_clipped(x, rope, bias, state, None)
+    }
+
+    /// [`Attention::forward`], with the projected queries, keys and values
+    /// clamped to `[-clip, clip]` when `clip_qkv` is given (OLMo's
+    /// `clip_qkv`), before the heads are split and rotated.
+    pub fn forward_clipped(
+        &self,
+        x: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        bias: &Tensor,
+        state: Option<&mut LayerState>,
+        clip_qkv: Option<f64>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let mut q = self.split_heads(&self.q.forward(x)?, self.num_heads)?;
-        let mut k = self.split_heads(&self.k.forward(x)?, self.num_kv_heads)?;
-        let v = self.split_heads(&self.v.forward(x)?, self.num_kv_heads)?;
+        let project = |l: &Linear| -> Result<Tensor> {
+            let y = l.forward(x)?;
+            match clip_qkv {
+                Some(c) => ops::clamp(&y, -c, c),
+                None => Ok(y),
+            }
+        };
+        let mut q = self.split_heads(&project(&self.q)?, self.num_heads)?;
+        let mut k = self.split_heads(&project(&self.k)?, self.num_kv_heads)?;
+        let v = self.split_heads(&project(&self.v)?, self.num_kv_heads)?;
         if let Some(n) = &self.q_norm {
             q = n.forward(&q)?;
         }

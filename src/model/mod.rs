@@ -5,8 +5,10 @@
 //! file per architecture, built on the shared blocks in [`blocks`].
 
 pub mod blocks;
+pub mod gemma3;
 pub mod hparams;
 pub mod llama;
+pub mod olmo;
 
 use std::path::{Path, PathBuf};
 
@@ -142,7 +144,7 @@ pub struct LoadedModel {
 }
 
 /// Architectures cram implements, as `model_type` names.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "olmo", "gemma3_text"];
 
 fn unsupported(path: &Path, arch: &str) -> CramError {
     CramError::UnsupportedArchitecture {
@@ -222,6 +224,12 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                     let w = Weights::from_gguf(&path, content, false, &opts.device, opts.dtype)?;
                     Box::new(llama::Llama::load(&cfg, &w)?)
                 }
+                "gemma3" => {
+                    let cfg =
+                        gemma3::Gemma3Config::from_gguf(&hparams::Gguf::new(&content, &path))?;
+                    let w = Weights::from_gguf(&path, content, true, &opts.device, opts.dtype)?;
+                    Box::new(gemma3::Gemma3::load(&cfg, &w)?)
+                }
                 other => return Err(unsupported(&path, other)),
             };
             Ok(LoadedModel {
@@ -248,6 +256,11 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             let model: Box<dyn CausalLm> = match arch.as_str() {
                 "llama" => Box::new(llama::Llama::load(
                     &llama::LlamaConfig::from_json(&hp)?,
+                    &w,
+                )?),
+                "olmo" => Box::new(olmo::Olmo::load(&olmo::OlmoConfig::from_json(&hp)?, &w)?),
+                "gemma3_text" => Box::new(gemma3::Gemma3::load(
+                    &gemma3::Gemma3Config::from_json(&hp)?,
                     &w,
                 )?),
                 other => return Err(unsupported(&files.config, other)),

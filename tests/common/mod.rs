@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// The packaged SmolLM2-135M GGUF; fails (never skips) when it has not been
 /// fetched, with the command that fetches it.
+#[allow(dead_code)]
 pub fn smollm2_gguf() -> PathBuf {
     match cram::source::resolve("smollm2-135m") {
         Ok(cram::source::ModelSource::Gguf { path }) => path,
@@ -11,3 +12,22 @@ pub fn smollm2_gguf() -> PathBuf {
         Err(e) => panic!("{e} (cargo run -- fetch smollm2-135m)"),
     }
 }
+
+/// The reference checks against `transformers` fixtures.
+#[allow(dead_code)]
+pub mod reference;
+
+/// The packaged Gemma 3 270M GGUF; fails (never skips) when it has not been
+/// fetched, with the command that fetches it.
+#[allow(dead_code)]
+pub fn gemma3_gguf() -> PathBuf {
+    match cram::source::resolve("gemma3-270m") {
+        Ok(cram::source::ModelSource::Gguf { path }) => path,
+        Ok(other) => panic!("gemma3-270m resolved to {other:?}, not a GGUF file"),
+        Err(e) => panic!("{e} (cargo run -- fetch gemma3-270m)"),
+    }
+}
+
+/// Cramming and decoding back.
+#[allow(dead_code)]
+pub mod cramming;
