@@ -14,6 +14,9 @@ layout; see scripts/README.md). Writes under <out>/:
                        GQA, tied embeddings.
   gemma3_plain         tiny Gemma 3: 2 layers from the legacy sliding_window_pattern = 2
                        (sliding, full), window 6, default rope, no soft-capping, untied, MHA.
+  olmo_clip_gguf       olmo_clip's weights and tokenizer written as a llama.cpp `olmo` GGUF
+                       (f32) with the gguf package's GGUFWriter, laid out as llama.cpp's converter
+                       does; no transformers reference (transformers cannot load OLMo GGUFs).
   gemma3_270m          the real Gemma 3 270M Q4_K_M GGUF, de-quantised by transformers (the GGUF
                        is not copied; logits are stored for the first 2048 vocabulary entries plus
                        the argmax over the whole vocabulary).
@@ -196,6 +199,76 @@ def make_gemma_270m(gguf_path, out_dir):
     mf.summarize("gemma3_270m", model, ref, tensors)
 
 
+def llama_cpp_permute(w, n_head, n_head_kv):
+    """llama.cpp's convert_hf_to_gguf.py `LlamaModel.permute` (also used for OLMo): the
+    interleaved rotary row order of GGUF q/k weights."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_olmo_gguf(src_folder, out_folder):
+    """Writes the `olmo_clip` fixture as a llama.cpp `olmo` GGUF (f32 tensors, gpt2 tokenizer),
+    the way llama.cpp's converter lays it out (permuted q/k rows, clamp_kqv, no norm tensors).
+    transformers cannot load OLMo GGUFs, so the Rust test compares it with the folder."""
+    import json
+
+    import numpy as np
+    from gguf import GGUFWriter, TokenType
+    from safetensors.numpy import load_file
+
+    with open(os.path.join(src_folder, "config.json"), encoding="utf-8") as fh:
+        c = json.load(fh)
+    with open(os.path.join(src_folder, "tokenizer.json"), encoding="utf-8") as fh:
+        tj = json.load(fh)
+    sd = load_file(os.path.join(src_folder, "model.safetensors"))
+    n_head, n_kv = c["num_attention_heads"], c["num_key_value_heads"]
+    os.makedirs(out_folder, exist_ok=True)
+    path = os.path.join(out_folder, "olmo_clip.gguf")
+    w = GGUFWriter(path, "olmo")
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(c["hidden_size"])
+    w.add_block_count(c["num_hidden_layers"])
+    w.add_feed_forward_length(c["intermediate_size"])
+    w.add_rope_dimension_count(c["hidden_size"] // n_head)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_eps(1e-5)
+    w.add_rope_freq_base(c["rope_parameters"]["rope_theta"])
+    w.add_clamp_kqv(c["clip_qkv"])
+    vocab = tj["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    assert [vocab[t] for t in tokens] == list(range(len(tokens)))
+    special = {a["content"] for a in tj["added_tokens"] if a.get("special")}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([int(TokenType.CONTROL if t in special else TokenType.NORMAL) for t in tokens])
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+    w.add_token_merges(merges)
+    w.add_bos_token_id(c["bos_token_id"])
+    w.add_eos_token_id(c["eos_token_id"])
+    w.add_add_bos_token(True)
+    f = lambda name: np.ascontiguousarray(sd[name].astype(np.float32))  # noqa: E731
+    w.add_tensor("token_embd.weight", f("model.embed_tokens.weight"))
+    if "lm_head.weight" in sd:
+        w.add_tensor("output.weight", f("lm_head.weight"))
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w.add_tensor(f"blk.{i}.attn_q.weight", llama_cpp_permute(f(p + "self_attn.q_proj.weight"), n_head, n_head))
+        w.add_tensor(f"blk.{i}.attn_k.weight", llama_cpp_permute(f(p + "self_attn.k_proj.weight"), n_head, n_kv))
+        w.add_tensor(f"blk.{i}.attn_v.weight", f(p + "self_attn.v_proj.weight"))
+        w.add_tensor(f"blk.{i}.attn_output.weight", f(p + "self_attn.o_proj.weight"))
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", f(p + "mlp.gate_proj.weight"))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", f(p + "mlp.up_proj.weight"))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", f(p + "mlp.down_proj.weight"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"== olmo_clip_gguf: wrote {path} ({os.path.getsize(path)} bytes)")
+
+
 TINY = ["olmo_clip", "olmo_plain", "gemma3_swa_softcap", "gemma3_plain"]
 
 
@@ -203,10 +276,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", default=DEFAULT_GEMMA_GGUF)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
-    ap.add_argument("--only", nargs="*", default=None, help="subset of: " + " ".join(TINY + ["gemma3_270m"]))
+    ap.add_argument("--only", nargs="*", default=None, help="subset of: " + " ".join(TINY + ["olmo_clip_gguf", "gemma3_270m"]))
     args = ap.parse_args()
     out = os.path.normpath(args.out)
-    want = set(args.only or TINY + ["gemma3_270m"])
+    want = set(args.only or TINY + ["olmo_clip_gguf", "gemma3_270m"])
     torch.use_deterministic_algorithms(True)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}")
 
@@ -220,6 +293,8 @@ def main():
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         )
         check_olmo_clip(m, 1.0)
+    if "olmo_clip_gguf" in want:
+        write_olmo_gguf(os.path.join(out, "olmo_clip"), os.path.join(out, "olmo_clip_gguf"))
     if "olmo_plain" in want:
         make_tiny(
             "olmo_plain", out, tok, seed=12, config_cls=OlmoConfig, model_cls=OlmoForCausalLM,

@@ -39,6 +39,15 @@ fn olmo_plain_matches_transformers() {
     check_fixture("olmo_plain");
 }
 
+/// `olmo_clip` written as a llama.cpp `olmo` GGUF (permuted q/k rows,
+/// `clamp_kqv`, a gpt2 tokenizer) passes every check of the folder's
+/// reference (transformers cannot load OLMo GGUFs).
+#[test]
+fn olmo_gguf_matches_transformers_on_the_folder() {
+    let m = load(&fixture_dir("olmo_clip_gguf").join("olmo_clip.gguf"));
+    run_all("olmo_clip_gguf", &m, &Reference::load("olmo_clip"), true);
+}
+
 #[test]
 fn gemma3_swa_softcap_matches_transformers() {
     check_fixture("gemma3_swa_softcap");

@@ -476,3 +476,39 @@ pub fn expect_width(x: &Tensor, dim: usize) -> Result<()> {
     }
     Ok(())
 }
+
+// ---- Loading helpers shared by the Llama-layout architectures (Llama, OLMo) ----
+
+/// Undoes llama.cpp's Q/K row permutation (interleaved rotary layout) so the
+/// weights match `transformers`' half-split layout.
+pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    Ok(w.reshape((heads, out / heads / 2, 2, inp))?
+        .transpose(1, 2)?
+        .reshape((out, inp))?)
+}
+
+impl Linear {
+    /// [`Linear::load`] for a projection whose rows llama.cpp's converter
+    /// permutes in GGUF files (Llama's and OLMo's q/k, `heads` given): from
+    /// a GGUF store the permutation is undone. `heads = None` loads as is.
+    pub fn load_rotary(
+        w: &Weights,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        heads: Option<usize>,
+    ) -> Result<Self> {
+        let mut lin = Self::load(w, prefix, in_dim, out_dim, bias)?;
+        if let (Some(heads), true) = (heads, w.is_gguf()) {
+            let wf = w.get_f32(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+            lin.w = w.place(&unpermute(&wf, heads)?)?;
+            if let Some(b) = w.get_f32_opt(&format!("{prefix}.bias"), &[out_dim])? {
+                let b = unpermute(&b.reshape((out_dim, 1))?, heads)?.reshape(out_dim)?;
+                lin.b = Some(w.place(&b)?);
+            }
+        }
+        Ok(lin)
+    }
+}

@@ -224,6 +224,11 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                     let w = Weights::from_gguf(&path, content, false, &opts.device, opts.dtype)?;
                     Box::new(llama::Llama::load(&cfg, &w)?)
                 }
+                "olmo" => {
+                    let cfg = olmo::OlmoConfig::from_gguf(&hparams::Gguf::new(&content, &path))?;
+                    let w = Weights::from_gguf(&path, content, false, &opts.device, opts.dtype)?;
+                    Box::new(olmo::Olmo::load(&cfg, &w)?)
+                }
                 "gemma3" => {
                     let cfg =
                         gemma3::Gemma3Config::from_gguf(&hparams::Gguf::new(&content, &path))?;

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use super::blocks::{
     attention_bias, expect_width, Attention, Embedding, GatedMlp, Linear, Norm, Rotary,
 };
-use super::hparams::Json;
+use super::hparams::{Gguf, Json};
 use super::llama::LlamaConfig;
 use super::{tensor_std, CausalLm, DecodeState, ModelInfo};
 use crate::error::{CramError, Result};
@@ -42,6 +42,15 @@ impl OlmoConfig {
             }
         }
         Ok(Self { base, clip_qkv })
+    }
+
+    /// Reads GGUF metadata (`olmo.*`, as llama.cpp's converter writes it:
+    /// the Llama keys plus `attention.clamp_kqv`).
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        Ok(Self {
+            base: LlamaConfig::from_gguf(g)?,
+            clip_qkv: g.opt_f64("attention.clamp_kqv")?,
+        })
     }
 }
 
@@ -92,22 +101,18 @@ impl Olmo {
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
-            let proj = |name: &str, in_d: usize, out_d: usize| {
-                Linear::load(
-                    w,
-                    &format!("{p}.self_attn.{name}"),
-                    in_d,
-                    out_d,
-                    c.attention_bias,
-                )
+            // llama.cpp permutes the q/k rows of OLMo GGUFs as of Llama's.
+            let proj = |name: &str, in_d: usize, out_d: usize, heads: Option<usize>| {
+                let prefix = format!("{p}.self_attn.{name}");
+                Linear::load_rotary(w, &prefix, in_d, out_d, c.attention_bias, heads)
             };
             layers.push(Layer {
                 input_norm: layer_norm(),
                 attn: Attention {
-                    q: proj("q_proj", h, qd)?,
-                    k: proj("k_proj", h, kvd)?,
-                    v: proj("v_proj", h, kvd)?,
-                    o: proj("o_proj", qd, h)?,
+                    q: proj("q_proj", h, qd, Some(c.num_heads))?,
+                    k: proj("k_proj", h, kvd, Some(c.num_kv_heads))?,
+                    v: proj("v_proj", h, kvd, None)?,
+                    o: proj("o_proj", qd, h, None)?,
                     num_heads: c.num_heads,
                     num_kv_heads: c.num_kv_heads,
                     head_dim: c.head_dim,
