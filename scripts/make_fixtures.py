@@ -195,7 +195,7 @@ def config_summary(model) -> dict:
         "max_position_embeddings": c.max_position_embeddings,
         "rope_theta": float(rp["rope_theta"]),
         "rope_parameters": rp,
-        "rms_norm_eps": float(c.rms_norm_eps),
+        "rms_norm_eps": float(c.rms_norm_eps) if hasattr(c, "rms_norm_eps") else None,
         "tie_word_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
         "attention_bias": bool(getattr(c, "attention_bias", False)),
         "mlp_bias": bool(getattr(c, "mlp_bias", False)),
@@ -328,7 +328,10 @@ def build_reference(name, model, tok, logit_texts, batch_texts, greedy_prompts, 
     # ---- gradient w.r.t. one prepended vector --------------------------------------------
     ids = tok(grad_text)["input_ids"]
     assert 16 <= len(ids) <= 24, (name, grad_text, len(ids))
-    emb = model.get_input_embeddings().weight
+    # The rows `embed` returns: the embedding module's output, which for Gemma
+    # is the weight scaled by sqrt(hidden_size) (identical to the weight for Llama).
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(torch.arange(model.config.vocab_size))
     emb_std = emb.detach().std()
     g = torch.Generator().manual_seed(GRAD_SEED)
     H = emb.shape[1]  # the width of the input embeddings (OPT: word_embed_proj_dim)

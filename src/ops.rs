@@ -309,6 +309,20 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// Clamps `x` to `[lo, hi]`, differentiable: the gradient passes unchanged
+/// where `lo <= x <= hi` (bounds included, as `torch.clamp`) and is zero
+/// outside.
+///
+/// Written as `x * m + detach(clamp(x) - x * m)` with the constant mask `m`,
+/// so the forward value is exactly `clamp(x)` and the backward is `grad * m`
+/// on every device (candle's own `clamp` halves the gradient at the bounds).
+pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+    let m = x.ge(lo)?.mul(&x.le(hi)?)?.to_dtype(x.dtype())?;
+    let xm = (x * &m)?;
+    let rest = (x.detach().clamp(lo, hi)? - xm.detach())?;
+    Ok((xm + rest)?)
+}
+
 /// Per-row negative log-likelihood of `labels` under `logits`.
 ///
 /// `logits`: `[N, V]`; `labels`: `[N]` u32. Returns the losses `[N]` (f32,
@@ -607,6 +621,19 @@ mod tests {
         let x = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
         assert!(token_nll_argmax(&x, &[1, 4]).is_err());
         assert!(token_nll_argmax(&x, &[1]).is_err());
+    }
+
+    #[test]
+    fn clamp_grad_matches_finite_differences_and_torch_at_the_bounds() {
+        check_grad(|x| clamp(x, -0.5, 0.7), &[4, 5]);
+        let dev = Device::Cpu;
+        let x = Var::new(&[-2.0f32, -0.5, 0.1, 0.7, 3.0], &dev).unwrap();
+        let y = clamp(x.as_tensor(), -0.5, 0.7).unwrap();
+        let v: Vec<f32> = y.to_vec1().unwrap();
+        assert_eq!(v, [-0.5, -0.5, 0.1, 0.7, 0.7]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = g.get(x.as_tensor()).unwrap().to_vec1().unwrap();
+        assert_eq!(g, [0.0, 1.0, 1.0, 1.0, 0.0]);
     }
 
     #[test]

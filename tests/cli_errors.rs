@@ -32,8 +32,13 @@ fn fixture_dir(name: &str) -> PathBuf {
 
 /// A copy of the `llama_gqa_tied` fixture's model files in `dir`.
 fn copy_tiny_model(dir: &Path) {
+    copy_fixture_model("llama_gqa_tied", dir);
+}
+
+/// A copy of a fixture's model files in `dir`.
+fn copy_fixture_model(fixture: &str, dir: &Path) {
     fs::create_dir_all(dir).unwrap();
-    let src = fixture_dir("llama_gqa_tied");
+    let src = fixture_dir(fixture);
     for name in HF_FILES {
         fs::copy(src.join(name), dir.join(name)).unwrap_or_else(|e| panic!("copy {name}: {e}"));
     }
@@ -662,4 +667,165 @@ fn missing_tensor_is_named() {
         let weights = dir.join("model.safetensors");
         expect_error(&inspect(&dir), &[path_str(&weights), tensor, "missing"]);
     }
+}
+
+// ---- OLMo and Gemma 3 -----------------------------------------------------------
+
+/// The OLMo and Gemma 3 fixtures.
+const OLMO_GEMMA_FIXTURES: [&str; 4] = [
+    "olmo_clip",
+    "olmo_plain",
+    "gemma3_swa_softcap",
+    "gemma3_plain",
+];
+
+/// A temporary copy of a fixture's model, to be broken by the caller.
+fn fixture_copy(fixture: &str) -> (TempDir, PathBuf) {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join(fixture);
+    copy_fixture_model(fixture, &dir);
+    (tmp, dir)
+}
+
+#[test]
+fn olmo_and_gemma3_configs_without_a_required_field() {
+    for (fixture, field) in [
+        ("olmo_clip", "intermediate_size"),
+        ("gemma3_plain", "vocab_size"),
+        ("gemma3_swa_softcap", "num_attention_heads"),
+    ] {
+        let (_tmp, dir) = fixture_copy(fixture);
+        edit_config(&dir, |c| {
+            assert!(c.remove(field).is_some(), "{fixture} has no {field}");
+        });
+        let config = dir.join("config.json");
+        expect_error(&inspect(&dir), &[path_str(&config), field, "missing"]);
+    }
+}
+
+#[test]
+fn olmo_and_gemma3_tensors_of_the_wrong_shape() {
+    for (fixture, tensor, right, wrong) in [
+        (
+            "olmo_plain",
+            "model.layers.1.mlp.up_proj.weight",
+            vec![128, 64],
+            vec![64, 128],
+        ),
+        (
+            "gemma3_swa_softcap",
+            "model.layers.1.self_attn.q_norm.weight",
+            vec![16],
+            vec![2, 8],
+        ),
+        (
+            "gemma3_plain",
+            "model.layers.0.post_feedforward_layernorm.weight",
+            vec![64],
+            vec![8, 8],
+        ),
+    ] {
+        let (_tmp, dir) = fixture_copy(fixture);
+        rewrite_weights(&dir, |name, shape| {
+            if name == tensor {
+                assert_eq!(shape, right.as_slice());
+                Some(wrong.clone())
+            } else {
+                Some(shape.to_vec())
+            }
+        });
+        let weights = dir.join("model.safetensors");
+        expect_error(
+            &inspect(&dir),
+            &[
+                path_str(&weights),
+                tensor,
+                &format!("{right:?}"),
+                &format!("{wrong:?}"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn gemma3_config_with_a_bad_switch() {
+    let (_tmp, dir) = fixture_copy("gemma3_swa_softcap");
+    edit_config(&dir, |c| {
+        c.insert(
+            "layer_types".into(),
+            serde_json::json!(["sliding_attention", "chunked_attention", "full_attention"]),
+        );
+    });
+    let config = dir.join("config.json");
+    expect_error(
+        &inspect(&dir),
+        &[path_str(&config), "layer_types", "chunked_attention"],
+    );
+}
+
+#[test]
+fn inspect_olmo_and_gemma3_fixture_folders() {
+    for name in OLMO_GEMMA_FIXTURES {
+        let dir = fixture_dir(name);
+        let v = expect_success(&cram(
+            &["inspect", "--model", path_str(&dir), "--json"],
+            &[],
+        ));
+        let r = reference(name);
+        let cfg = &r["config"];
+        assert_eq!(v["architecture"], r["architecture"], "{name}: {v}");
+        assert_eq!(v["hidden_size"], cfg["hidden_size"], "{name}: {v}");
+        assert_eq!(v["num_layers"], cfg["num_hidden_layers"], "{name}: {v}");
+        assert_eq!(v["vocab_size"], cfg["vocab_size"], "{name}: {v}");
+        assert_eq!(v["num_parameters"], cfg["num_parameters"], "{name}: {v}");
+    }
+}
+
+/// `cram generate --json` gives the reference's greedy continuation.
+fn generate_like_reference(model: &Path, fixture: &str, prompt: &str) {
+    let r = reference(fixture);
+    let case = r["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["prompt"] == prompt)
+        .unwrap_or_else(|| panic!("{fixture}: no greedy case for {prompt:?}"))
+        .clone();
+    let v = expect_success(&cram(
+        &[
+            "generate",
+            "--model",
+            path_str(model),
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "20",
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(v["prompt_ids"], case["prompt_ids"], "{fixture}: {v}");
+    assert_eq!(v["token_ids"], case["token_ids"], "{fixture}: {v}");
+    println!("{fixture}: {prompt:?} -> {}", v["text"]);
+}
+
+#[test]
+fn generate_olmo_and_gemma3_fixture_folders() {
+    for name in OLMO_GEMMA_FIXTURES {
+        generate_like_reference(&fixture_dir(name), name, "The keeper");
+    }
+}
+
+#[test]
+fn inspect_and_generate_gemma3_gguf() {
+    let gguf = common::gemma3_gguf();
+    let v = expect_success(&cram(
+        &["inspect", "--model", path_str(&gguf), "--json"],
+        &[],
+    ));
+    assert_eq!(v["architecture"], "gemma3_text", "{v}");
+    assert_eq!(v["hidden_size"], 640, "{v}");
+    assert_eq!(v["num_layers"], 18, "{v}");
+    assert_eq!(v["vocab_size"], 262144, "{v}");
+    generate_like_reference(&gguf, "gemma3_270m", "The capital of France is");
 }

@@ -11,20 +11,9 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::reference::*;
-use cram::model::LoadedModel;
 use serde_json::Value as Json;
 
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn run_all(name: &str, m: &LoadedModel, r: &Reference, check_tokenizer_list: bool) {
-    let mut c = Checks {
-        model: name.to_string(),
-        ..Default::default()
-    };
-    check_outputs(&mut c, name, m, r, check_tokenizer_list);
-    check_sizes(&mut c, name, m, r, "llama");
-    c.finish();
-}
 
 #[test]
 fn smollm2_matches_transformers() {

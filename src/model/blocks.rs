@@ -197,6 +197,10 @@ impl Rotary {
 /// Additive attention bias `[B, 1, T, start + T]`: 0 where query `i` may see
 /// key `j` (causal, key not padding, within the sliding window), `-inf`
 /// elsewhere. `mask` is `[B, start + T]` with 1 for real tokens.
+///
+/// A query that would see no key at all (a padding position whose window
+/// holds only padding) sees itself instead, so that its softmax has no NaN
+/// to spread through the values; padding outputs are never used.
 pub fn attention_bias(
     b: usize,
     t: usize,
@@ -217,11 +221,15 @@ pub fn attention_bias(
             let qpos = start + i;
             for j in 0..total {
                 let causal = j <= qpos;
-                let in_window = window.is_none_or(|w| qpos - j < w);
+                let in_window = window.is_none_or(|w| j + w > qpos);
                 let real = keep.as_ref().is_none_or(|k| k[bi][j] > 0.5);
                 if !(causal && in_window && real) {
                     v[(bi * t + i) * total + j] = f32::NEG_INFINITY;
                 }
+            }
+            let row = &mut v[(bi * t + i) * total..(bi * t + i + 1) * total];
+            if row.iter().all(|x| x.is_infinite()) {
+                row[qpos] = 0.0;
             }
         }
     }
@@ -288,10 +296,31 @@ impl Attention {
         bias: &Tensor,
         state: Option<&mut LayerState>,
     ) -> Result<Tensor> {
+        self.forward_clipped(x, rope, bias, state, None)
+    }
+
+    /// [`Attention::forward`], with the projected queries, keys and values
+    /// clamped to `[-clip, clip]` when `clip_qkv` is given (OLMo's
+    /// `clip_qkv`), before the heads are split and rotated.
+    pub fn forward_clipped(
+        &self,
+        x: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        bias: &Tensor,
+        state: Option<&mut LayerState>,
+        clip_qkv: Option<f64>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let mut q = self.split_heads(&self.q.forward(x)?, self.num_heads)?;
-        let mut k = self.split_heads(&self.k.forward(x)?, self.num_kv_heads)?;
-        let v = self.split_heads(&self.v.forward(x)?, self.num_kv_heads)?;
+        let project = |l: &Linear| -> Result<Tensor> {
+            let y = l.forward(x)?;
+            match clip_qkv {
+                Some(c) => ops::clamp(&y, -c, c),
+                None => Ok(y),
+            }
+        };
+        let mut q = self.split_heads(&project(&self.q)?, self.num_heads)?;
+        let mut k = self.split_heads(&project(&self.k)?, self.num_kv_heads)?;
+        let v = self.split_heads(&project(&self.v)?, self.num_kv_heads)?;
         if let Some(n) = &self.q_norm {
             q = n.forward(&q)?;
         }
@@ -662,5 +691,41 @@ impl LearnedPositions {
     /// Positions `start..start + t` for each of `b` rows.
     pub fn consecutive(b: usize, start: usize, t: usize) -> Vec<Vec<i64>> {
         vec![(start as i64..(start + t) as i64).collect(); b]
+    }
+}
+
+// ---- Loading helpers shared by the Llama-layout architectures (Llama, OLMo) ----
+
+/// Undoes llama.cpp's Q/K row permutation (interleaved rotary layout) so the
+/// weights match `transformers`' half-split layout.
+pub fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    Ok(w.reshape((heads, out / heads / 2, 2, inp))?
+        .transpose(1, 2)?
+        .reshape((out, inp))?)
+}
+
+impl Linear {
+    /// [`Linear::load`] for a projection whose rows llama.cpp's converter
+    /// permutes in GGUF files (Llama's and OLMo's q/k, `heads` given): from
+    /// a GGUF store the permutation is undone. `heads = None` loads as is.
+    pub fn load_rotary(
+        w: &Weights,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        heads: Option<usize>,
+    ) -> Result<Self> {
+        let mut lin = Self::load(w, prefix, in_dim, out_dim, bias)?;
+        if let (Some(heads), true) = (heads, w.is_gguf()) {
+            let wf = w.get_f32(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+            lin.w = w.place(&unpermute(&wf, heads)?)?;
+            if let Some(b) = w.get_f32_opt(&format!("{prefix}.bias"), &[out_dim])? {
+                let b = unpermute(&b.reshape((out_dim, 1))?, heads)?.reshape(out_dim)?;
+                lin.b = Some(w.place(&b)?);
+            }
+        }
+        Ok(lin)
     }
 }

@@ -199,6 +199,23 @@ impl<'a> Gguf<'a> {
                 .ok_or_else(|| self.err(&key, "expected a number")),
         }
     }
+
+    /// The vocabulary size: `<arch>.vocab_size`, or else the rows of
+    /// `token_embd.weight`.
+    pub fn vocab_size(&self) -> Result<usize> {
+        if let Some(v) = self.opt_usize("vocab_size")? {
+            return Ok(v);
+        }
+        self.content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .ok_or_else(|| CramError::BadTensor {
+                path: self.path.clone(),
+                tensor: "token_embd.weight".into(),
+                msg: "missing".into(),
+            })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -213,24 +230,6 @@ impl Gguf<'_> {
             None => Ok(None),
             Some(gguf_file::Value::Bool(b)) => Ok(Some(*b)),
             Some(_) => Err(self.err(&key, "expected true or false")),
-        }
-    }
-
-    /// The vocabulary size: `<arch>.vocab_size`, else the rows of
-    /// `token_embd.weight`.
-    pub fn vocab_size(&self) -> Result<usize> {
-        match self.opt_usize("vocab_size")? {
-            Some(v) => Ok(v),
-            None => self
-                .content
-                .tensor_infos
-                .get("token_embd.weight")
-                .map(|t| t.shape.dims()[0])
-                .ok_or_else(|| CramError::BadTensor {
-                    path: self.path.clone(),
-                    tensor: "token_embd.weight".into(),
-                    msg: "missing".into(),
-                }),
         }
     }
 }

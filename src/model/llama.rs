@@ -227,15 +227,6 @@ pub struct Llama {
     dtype: DType,
 }
 
-/// Undoes llama.cpp's Q/K row permutation (interleaved rotary layout) so the
-/// weights match `transformers`' half-split layout.
-fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (out, inp) = w.dims2()?;
-    Ok(w.reshape((heads, out / heads / 2, 2, inp))?
-        .transpose(1, 2)?
-        .reshape((out, inp))?)
-}
-
 impl Llama {
     /// Builds the model from its config and weights.
     pub fn load(cfg: &LlamaConfig, w: &Weights) -> Result<Self> {
@@ -260,20 +251,10 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
-            let proj =
-                |name: &str, in_d: usize, out_d: usize, heads: Option<usize>| -> Result<Linear> {
-                    let prefix = format!("{p}.self_attn.{name}");
-                    let mut lin = Linear::load(w, &prefix, in_d, out_d, cfg.attention_bias)?;
-                    if let (Some(heads), true) = (heads, w.is_gguf()) {
-                        let wf = w.get_f32(&format!("{prefix}.weight"), &[out_d, in_d])?;
-                        lin.w = w.place(&unpermute(&wf, heads)?)?;
-                        if let Some(b) = w.get_f32_opt(&format!("{prefix}.bias"), &[out_d])? {
-                            let b = unpermute(&b.reshape((out_d, 1))?, heads)?.reshape(out_d)?;
-                            lin.b = Some(w.place(&b)?);
-                        }
-                    }
-                    Ok(lin)
-                };
+            let proj = |name: &str, in_d: usize, out_d: usize, heads: Option<usize>| {
+                let prefix = format!("{p}.self_attn.{name}");
+                Linear::load_rotary(w, &prefix, in_d, out_d, cfg.attention_bias, heads)
+            };
             let attn = Attention {
                 q: proj("q_proj", h, qd, Some(cfg.num_heads))?,
                 k: proj("k_proj", h, kvd, Some(cfg.num_kv_heads))?,

@@ -5,11 +5,13 @@
 //! file per architecture, built on the shared blocks in [`blocks`].
 
 pub mod blocks;
+pub mod gemma3;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod hparams;
 pub mod llama;
 pub mod mamba;
+pub mod olmo;
 pub mod opt;
 
 use std::path::{Path, PathBuf};
@@ -154,7 +156,15 @@ pub struct LoadedModel {
 }
 
 /// Architectures cram implements, as `model_type` names.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mamba", "gpt_neox", "gpt2", "opt"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "llama",
+    "mamba",
+    "gpt_neox",
+    "gpt2",
+    "opt",
+    "olmo",
+    "gemma3_text",
+];
 
 fn unsupported(path: &Path, arch: &str) -> CramError {
     CramError::UnsupportedArchitecture {
@@ -263,6 +273,17 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                     )?;
                     Box::new(gpt_neox::GptNeoX::load(&cfg, &w)?)
                 }
+                "olmo" => {
+                    let cfg = olmo::OlmoConfig::from_gguf(&hparams::Gguf::new(&content, &path))?;
+                    let w = Weights::from_gguf(&path, content, false, &opts.device, opts.dtype)?;
+                    Box::new(olmo::Olmo::load(&cfg, &w)?)
+                }
+                "gemma3" => {
+                    let cfg =
+                        gemma3::Gemma3Config::from_gguf(&hparams::Gguf::new(&content, &path))?;
+                    let w = Weights::from_gguf(&path, content, true, &opts.device, opts.dtype)?;
+                    Box::new(gemma3::Gemma3::load(&cfg, &w)?)
+                }
                 other => return Err(unsupported(&path, other)),
             };
             Ok(LoadedModel {
@@ -301,6 +322,11 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                 )?),
                 "gpt2" => Box::new(gpt2::Gpt2::load(&gpt2::Gpt2Config::from_json(&hp)?, &w)?),
                 "opt" => Box::new(opt::Opt::load(&opt::OptConfig::from_json(&hp)?, &w)?),
+                "olmo" => Box::new(olmo::Olmo::load(&olmo::OlmoConfig::from_json(&hp)?, &w)?),
+                "gemma3_text" => Box::new(gemma3::Gemma3::load(
+                    &gemma3::Gemma3Config::from_json(&hp)?,
+                    &w,
+                )?),
                 other => return Err(unsupported(&files.config, other)),
             };
             Ok(LoadedModel {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 /// The reference fixtures and the checks shared by the architectures.
+#[allow(dead_code)]
 pub mod reference;
 
 use std::path::PathBuf;
@@ -15,3 +16,18 @@ pub fn smollm2_gguf() -> PathBuf {
         Err(e) => panic!("{e} (cargo run -- fetch smollm2-135m)"),
     }
 }
+
+/// The packaged Gemma 3 270M GGUF; fails (never skips) when it has not been
+/// fetched, with the command that fetches it.
+#[allow(dead_code)]
+pub fn gemma3_gguf() -> PathBuf {
+    match cram::source::resolve("gemma3-270m") {
+        Ok(cram::source::ModelSource::Gguf { path }) => path,
+        Ok(other) => panic!("gemma3-270m resolved to {other:?}, not a GGUF file"),
+        Err(e) => panic!("{e} (cargo run -- fetch gemma3-270m)"),
+    }
+}
+
+/// Cramming and decoding back.
+#[allow(dead_code)]
+pub mod cramming;

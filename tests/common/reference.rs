@@ -413,3 +413,19 @@ pub fn check_sizes(c: &mut Checks, name: &str, m: &LoadedModel, r: &Reference, a
         format!("adds_bos {}, want {}", tok.adds_bos(), j["add_bos"])
     });
 }
+
+/// Every check of a fixture: outputs against `transformers` and sizes, for
+/// the architecture the fixture names (Llama when it names none).
+pub fn run_all(name: &str, m: &LoadedModel, r: &Reference, check_tokenizer_list: bool) {
+    let mut c = Checks {
+        model: name.to_string(),
+        ..Default::default()
+    };
+    let arch = r.json["architecture"]
+        .as_str()
+        .unwrap_or("llama")
+        .to_string();
+    check_outputs(&mut c, name, m, r, check_tokenizer_list);
+    check_sizes(&mut c, name, m, r, &arch);
+    c.finish();
+}
