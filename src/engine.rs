@@ -453,11 +453,9 @@ impl<'a> Engine<'a> {
         let mut vars = Vec::with_capacity(live.len());
         let mut rows = Vec::with_capacity(live.len());
         let mut mask = Vec::with_capacity(live.len() * seq);
-        // One label per row of the padded batch; rows outside a text's loss
-        // (padding, and vector positions) are ignored.
-        let mut labels = vec![ops::IGNORE_LABEL; live.len() * seq];
-        let mut owner = vec![usize::MAX; live.len() * seq];
-        let mut counts = vec![0usize; live.len()];
+        let mut gather = Vec::new();
+        let mut labels = Vec::new();
+        let mut owner = Vec::new();
         for (k, &i) in live.iter().enumerate() {
             let s = &slots[i];
             let t = s.ids.len();
@@ -474,10 +472,9 @@ impl<'a> Engine<'a> {
                 LossConvention::Paper => (n, 1),
             };
             for (j, label) in (first_label..t).enumerate() {
-                let row = k * seq + first_pos + j;
-                labels[row] = s.ids[label];
-                owner[row] = k;
-                counts[k] += 1;
+                gather.push((k * seq + first_pos + j) as u32);
+                labels.push(s.ids[label]);
+                owner.push(k);
             }
         }
         let b = live.len();
@@ -485,23 +482,30 @@ impl<'a> Engine<'a> {
         let mask = Tensor::from_vec(mask, (b, seq), dev)?;
         let logits = model.forward(&x, Some(&mask))?;
         let v = logits.dim(D::Minus1)?;
-        let (nll, pred) = ops::token_nll_argmax(&logits.reshape((b * seq, v))?, &labels)?;
-        // Per-text mean: a [b, rows] matrix of 1/count weights.
-        let m = b * seq;
+        let picked = logits
+            .reshape((b * seq, v))?
+            .index_select(&Tensor::new(gather.as_slice(), dev)?, 0)?;
+        let label_t = Tensor::new(labels.as_slice(), dev)?;
+        let nll = ops::token_nll(&picked, &label_t)?;
+        // Per-text mean: a [b, M] matrix of 1/count weights.
+        let mut counts = vec![0usize; b];
+        for &o in &owner {
+            counts[o] += 1;
+        }
+        let m = owner.len();
         let mut w = vec![0f32; b * m];
         for (r, &o) in owner.iter().enumerate() {
-            if o != usize::MAX {
-                w[o * m + r] = 1.0 / counts[o] as f32;
-            }
+            w[o * m + r] = 1.0 / counts[o] as f32;
         }
         let w = Tensor::from_vec(w, (b, m), dev)?;
         let per_text = w.matmul(&nll.unsqueeze(1)?)?.squeeze(1)?;
         let total = per_text.sum_all()?;
         let grads = total.backward()?;
         let losses: Vec<f32> = per_text.to_vec1()?;
+        let pred: Vec<u32> = picked.argmax(D::Minus1)?.to_vec1()?;
         let mut correct = vec![0usize; b];
         for ((p, l), &o) in pred.iter().zip(&labels).zip(&owner) {
-            if o != usize::MAX && p == l {
+            if p == l {
                 correct[o] += 1;
             }
         }

@@ -328,10 +328,6 @@ pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
 /// `logits`: `[N, V]`; `labels`: `[N]` u32. Returns the losses `[N]` (f32,
 /// differentiable) so callers can reduce them per text.
 pub fn token_nll(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    if fused_nll_applies(logits) {
-        let labels: Vec<u32> = labels.to_vec1()?;
-        return Ok(token_nll_argmax(logits, &labels)?.0);
-    }
     let logp = log_softmax_last_dim(logits)?;
     let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
     Ok(picked.neg()?)
