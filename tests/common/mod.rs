@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests.
 
 /// The reference fixtures and the checks shared by the architectures.
-#[allow(dead_code)]
 pub mod reference;
 
 use std::path::PathBuf;
