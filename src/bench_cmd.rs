@@ -183,12 +183,12 @@ fn fwd_bwd(a: &FwdBwdArgs, quiet: bool) -> anyhow::Result<()> {
             let x = Var::from_tensor(&Tensor::from_vec(x0, (b, l, h), dev)?)?;
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((b * 1000 + l) as u64);
             let labels: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..v as u32)).collect();
-            let labels = Tensor::from_vec(labels, b * l, dev)?;
             let step = || -> anyhow::Result<f64> {
                 let t0 = Instant::now();
                 let xin = x.as_tensor().to_dtype(model.dtype())?;
                 let logits = model.forward(&xin, None)?;
-                let nll = cram::ops::token_nll(&logits.reshape((b * l, v))?, &labels)?;
+                // The engine's loss: the fused cross-entropy (with argmax).
+                let (nll, _) = cram::ops::token_nll_argmax(&logits.reshape((b * l, v))?, &labels)?;
                 let loss = nll.mean_all()?;
                 let grads = loss.backward()?;
                 let g = grads

@@ -482,30 +482,31 @@ impl<'a> Engine<'a> {
         let mask = Tensor::from_vec(mask, (b, seq), dev)?;
         let logits = model.forward(&x, Some(&mask))?;
         let v = logits.dim(D::Minus1)?;
-        let picked = logits
-            .reshape((b * seq, v))?
-            .index_select(&Tensor::new(gather.as_slice(), dev)?, 0)?;
-        let label_t = Tensor::new(labels.as_slice(), dev)?;
-        let nll = ops::token_nll(&picked, &label_t)?;
-        // Per-text mean: a [b, M] matrix of 1/count weights.
+        // Every position gets a label; those that predict nothing (earlier
+        // vectors, padding, the last token) are ignored by the fused loss.
+        let mut row_labels = vec![ops::IGNORE_LABEL; b * seq];
+        for (&r, &l) in gather.iter().zip(&labels) {
+            row_labels[r as usize] = l;
+        }
+        let (nll, pred) = ops::token_nll_argmax(&logits.reshape((b * seq, v))?, &row_labels)?;
+        // Per-text mean: a [b, b * seq] matrix of 1/count weights.
         let mut counts = vec![0usize; b];
         for &o in &owner {
             counts[o] += 1;
         }
-        let m = owner.len();
+        let m = b * seq;
         let mut w = vec![0f32; b * m];
-        for (r, &o) in owner.iter().enumerate() {
-            w[o * m + r] = 1.0 / counts[o] as f32;
+        for (&r, &o) in gather.iter().zip(&owner) {
+            w[o * m + r as usize] = 1.0 / counts[o] as f32;
         }
         let w = Tensor::from_vec(w, (b, m), dev)?;
         let per_text = w.matmul(&nll.unsqueeze(1)?)?.squeeze(1)?;
         let total = per_text.sum_all()?;
         let grads = total.backward()?;
         let losses: Vec<f32> = per_text.to_vec1()?;
-        let pred: Vec<u32> = picked.argmax(D::Minus1)?.to_vec1()?;
         let mut correct = vec![0usize; b];
-        for ((p, l), &o) in pred.iter().zip(&labels).zip(&owner) {
-            if p == l {
+        for ((&r, l), &o) in gather.iter().zip(&labels).zip(&owner) {
+            if pred[r as usize] == *l {
                 correct[o] += 1;
             }
         }

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod fetch;
+pub mod fused;
 pub mod generate;
 pub mod memfile;
 pub mod metrics;

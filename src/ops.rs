@@ -67,7 +67,11 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Resu
 }
 
 /// The f32 data of a contiguous CPU storage, as a custom op receives it.
-fn contiguous_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(
+    op: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(x) = s else {
         candle_core::bail!("{op}: expected f32 input");
     };
@@ -222,6 +226,9 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// `w` may be `None` (no scale). `add_one` scales by `1 + w` (Gemma's
 /// convention). The statistics are computed in f32.
 pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f64, add_one: bool) -> Result<Tensor> {
+    if crate::fused::applies(x) {
+        return crate::fused::rms_norm(x, w, eps, add_one);
+    }
     let dtype = x.dtype();
     let sd = stat_dtype(x);
     let xf = x.to_dtype(sd)?;
@@ -363,6 +370,7 @@ pub fn token_nll_argmax(logits: &Tensor, labels: &[u32]) -> Result<(Tensor, Vec<
         let op = FusedNll {
             labels: labels.to_vec(),
             argmax: argmax.clone(),
+            shifts: std::sync::Mutex::new(Vec::new()),
         };
         let nll = logits.contiguous()?.apply_op1(op)?;
         let pred = std::mem::take(&mut *argmax.lock().expect("argmax lock"));
@@ -377,12 +385,9 @@ pub fn token_nll_argmax(logits: &Tensor, labels: &[u32]) -> Result<(Tensor, Vec<
         .map(|&l| if l == IGNORE_LABEL { 0 } else { l })
         .collect();
     let dev = logits.device();
-    let logp = log_softmax_last_dim(logits)?;
-    let picked = logp
-        .gather(&Tensor::new(safe.as_slice(), dev)?.unsqueeze(1)?, 1)?
-        .squeeze(1)?;
-    let keep = Tensor::new(keep.as_slice(), dev)?.to_dtype(picked.dtype())?;
-    let nll = (picked.neg()? * keep)?;
+    let nll = token_nll(logits, &Tensor::new(safe.as_slice(), dev)?)?;
+    let keep = Tensor::new(keep.as_slice(), dev)?.to_dtype(nll.dtype())?;
+    let nll = (nll * keep)?;
     let pred = logits.argmax(D::Minus1)?.to_vec1()?;
     Ok((nll, pred))
 }
@@ -392,6 +397,9 @@ struct FusedNll {
     labels: Vec<u32>,
     /// Filled by the forward with each row's argmax.
     argmax: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    /// Filled by the forward with each row's `max + log(sum(exp(x - max)))`,
+    /// so that the backward computes the softmax in one pass.
+    shifts: std::sync::Mutex<Vec<f32>>,
 }
 
 /// Row maximum, its first index, and `log(sum(exp(x - max)))`.
@@ -425,7 +433,7 @@ impl CustomOp1 for FusedNll {
         {
             candle_core::bail!("fused-nll: label {bad} outside the vocabulary of {v}");
         }
-        let out: Vec<(f32, u32)> = x
+        let out: Vec<(f32, u32, f32)> = x
             .par_chunks(v)
             .zip(self.labels.par_iter())
             .map(|(row, &label)| {
@@ -435,10 +443,11 @@ impl CustomOp1 for FusedNll {
                 } else {
                     lse + max - row[label as usize]
                 };
-                (nll, arg)
+                (nll, arg, max + lse)
             })
             .collect();
         *self.argmax.lock().expect("argmax lock") = out.iter().map(|o| o.1).collect();
+        *self.shifts.lock().expect("shifts lock") = out.iter().map(|o| o.2).collect();
         let nll = out.into_iter().map(|o| o.0).collect();
         Ok((CpuStorage::F32(nll), Shape::from(n)))
     }
@@ -448,16 +457,26 @@ impl CustomOp1 for FusedNll {
         let (n, v) = arg.dims2()?;
         let g: Vec<f32> = grad.to_dtype(DType::F32)?.to_vec1()?;
         let mut dx = vec![0f32; n * v];
+        let mut shifts = self.shifts.lock().expect("shifts lock").clone();
+        if shifts.len() != n {
+            shifts = Vec::new();
+        }
         with_cpu_f32(arg, |x| {
             dx.par_chunks_mut(v)
                 .zip(x.par_chunks(v))
                 .zip(self.labels.par_iter().zip(g.par_iter()))
-                .for_each(|((d, row), (&label, &gr))| {
+                .enumerate()
+                .for_each(|(r, ((d, row), (&label, &gr)))| {
                     if label == IGNORE_LABEL || gr == 0.0 {
                         return;
                     }
-                    let (max, _, lse) = row_stats(row);
-                    let shift = max + lse;
+                    let shift = match shifts.get(r) {
+                        Some(&s) => s,
+                        None => {
+                            let (max, _, lse) = row_stats(row);
+                            max + lse
+                        }
+                    };
                     for (di, &xi) in d.iter_mut().zip(row) {
                         *di = (xi - shift).exp() * gr;
                     }

@@ -44,6 +44,14 @@ fn copy_fixture_model(fixture: &str, dir: &Path) {
     }
 }
 
+/// A temporary copy of a fixture's model, to be broken by the caller.
+fn fixture_copy(fixture: &str) -> (TempDir, PathBuf) {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join(fixture);
+    copy_fixture_model(fixture, &dir);
+    (tmp, dir)
+}
+
 /// A temporary copy of the tiny model, to be broken by the caller.
 fn tiny_model_copy() -> (TempDir, PathBuf) {
     let tmp = TempDir::new().unwrap();
@@ -330,56 +338,6 @@ fn hub_id_from_local_cache() {
 
 // ---- Mamba ----------------------------------------------------------------------
 
-/// A temporary copy of a fixture's model files, to be broken by the caller.
-fn model_copy(name: &str) -> (TempDir, PathBuf) {
-    let tmp = TempDir::new().unwrap();
-    let dir = tmp.path().join(name);
-    fs::create_dir_all(&dir).unwrap();
-    let src = fixture_dir(name);
-    for file in HF_FILES {
-        fs::copy(src.join(file), dir.join(file)).unwrap_or_else(|e| panic!("copy {file}: {e}"));
-    }
-    (tmp, dir)
-}
-
-#[test]
-fn mamba_config_without_num_hidden_layers() {
-    let (_tmp, dir) = model_copy("mamba_tied");
-    edit_config(&dir, |c| {
-        assert!(c.remove("num_hidden_layers").is_some());
-    });
-    let out = inspect(&dir);
-    let config = dir.join("config.json");
-    expect_error(&out, &[path_str(&config), "num_hidden_layers", "missing"]);
-}
-
-#[test]
-fn mamba_tensor_of_the_wrong_shape() {
-    let name = "backbone.layers.1.mixer.x_proj.weight";
-    let (_tmp, dir) = model_copy("mamba_untied_bias");
-    rewrite_weights(&dir, |n, shape| {
-        if n == name {
-            // time_step_rank 6 + 2 * state_size 8 rows of intermediate 192.
-            assert_eq!(shape, [22, 192]);
-            Some(vec![11, 384])
-        } else {
-            Some(shape.to_vec())
-        }
-    });
-    let out = inspect(&dir);
-    let weights = dir.join("model.safetensors");
-    expect_error(&out, &[path_str(&weights), name, "[22, 192]", "[11, 384]"]);
-}
-
-#[test]
-fn mamba_missing_a_log() {
-    let name = "backbone.layers.0.mixer.A_log";
-    let (_tmp, dir) = model_copy("mamba_tied");
-    rewrite_weights(&dir, |n, shape| (n != name).then(|| shape.to_vec()));
-    let out = inspect(&dir);
-    expect_error(&out, &[name, "missing"]);
-}
-
 #[test]
 fn inspect_mamba_folder_and_gguf_as_json() {
     for name in ["mamba_tied", "mamba_untied_bias"] {
@@ -439,7 +397,7 @@ fn generate_mamba_matches_fixture() {
     }
 }
 
-// ---- GPT-NeoX, GPT-2 and OPT --------------------------------------------------------
+// ---- GPT-NeoX, GPT-2 and OPT; bad configs and tensors of every architecture ----
 // `inspect`, `generate` and `compress`/`decompress` on a fixture of each
 // architecture (folders and GGUF files), and bad input naming the field or
 // tensor.
@@ -606,8 +564,12 @@ fn config_without_a_required_field_is_named() {
         ("gpt2_gelu_new", "n_layer"),
         ("gpt2_gelu_new", "n_positions"),
         ("opt_proj", "ffn_dim"),
+        ("mamba_tied", "num_hidden_layers"),
+        ("olmo_clip", "intermediate_size"),
+        ("gemma3_plain", "vocab_size"),
+        ("gemma3_swa_softcap", "num_attention_heads"),
     ] {
-        let (_tmp, dir) = model_copy(name);
+        let (_tmp, dir) = fixture_copy(name);
         edit_config(&dir, |c| {
             assert!(c.remove(field).is_some(), "{name} has {field}");
         });
@@ -618,94 +580,32 @@ fn config_without_a_required_field_is_named() {
 
 #[test]
 fn tensor_of_the_wrong_shape_is_named() {
-    for (name, tensor, shape, wrong, want) in [
+    for (name, tensor, right, wrong) in [
         (
             "pythia_parallel",
             "gpt_neox.layers.1.attention.query_key_value.weight",
-            [192, 64],
-            [64, 192],
-            "[192, 64]",
+            vec![192, 64],
+            vec![64, 192],
         ),
         (
             "gpt2_gelu_new",
             "transformer.h.0.attn.c_attn.weight",
-            [64, 192],
-            [192, 64],
-            "[64, 192]",
+            vec![64, 192],
+            vec![192, 64],
         ),
         (
             "opt_proj",
             "model.decoder.project_in.weight",
-            [64, 32],
-            [32, 64],
-            "[64, 32]",
+            vec![64, 32],
+            vec![32, 64],
         ),
-    ] {
-        let (_tmp, dir) = model_copy(name);
-        rewrite_weights(&dir, |n, s| {
-            if n == tensor {
-                assert_eq!(s, shape);
-                Some(wrong.to_vec())
-            } else {
-                Some(s.to_vec())
-            }
-        });
-        let weights = dir.join("model.safetensors");
-        expect_error(&inspect(&dir), &[path_str(&weights), tensor, want]);
-    }
-}
-
-#[test]
-fn missing_tensor_is_named() {
-    for (name, tensor) in [
-        ("pythia_parallel", "embed_out.weight"),
-        ("gpt2_gelu_new", "transformer.wpe.weight"),
-        ("opt_proj", "model.decoder.embed_positions.weight"),
-    ] {
-        let (_tmp, dir) = model_copy(name);
-        rewrite_weights(&dir, |n, s| (n != tensor).then(|| s.to_vec()));
-        let weights = dir.join("model.safetensors");
-        expect_error(&inspect(&dir), &[path_str(&weights), tensor, "missing"]);
-    }
-}
-
-// ---- OLMo and Gemma 3 -----------------------------------------------------------
-
-/// The OLMo and Gemma 3 fixtures.
-const OLMO_GEMMA_FIXTURES: [&str; 4] = [
-    "olmo_clip",
-    "olmo_plain",
-    "gemma3_swa_softcap",
-    "gemma3_plain",
-];
-
-/// A temporary copy of a fixture's model, to be broken by the caller.
-fn fixture_copy(fixture: &str) -> (TempDir, PathBuf) {
-    let tmp = TempDir::new().unwrap();
-    let dir = tmp.path().join(fixture);
-    copy_fixture_model(fixture, &dir);
-    (tmp, dir)
-}
-
-#[test]
-fn olmo_and_gemma3_configs_without_a_required_field() {
-    for (fixture, field) in [
-        ("olmo_clip", "intermediate_size"),
-        ("gemma3_plain", "vocab_size"),
-        ("gemma3_swa_softcap", "num_attention_heads"),
-    ] {
-        let (_tmp, dir) = fixture_copy(fixture);
-        edit_config(&dir, |c| {
-            assert!(c.remove(field).is_some(), "{fixture} has no {field}");
-        });
-        let config = dir.join("config.json");
-        expect_error(&inspect(&dir), &[path_str(&config), field, "missing"]);
-    }
-}
-
-#[test]
-fn olmo_and_gemma3_tensors_of_the_wrong_shape() {
-    for (fixture, tensor, right, wrong) in [
+        // time_step_rank 6 + 2 * state_size 8 rows of intermediate 192.
+        (
+            "mamba_untied_bias",
+            "backbone.layers.1.mixer.x_proj.weight",
+            vec![22, 192],
+            vec![11, 384],
+        ),
         (
             "olmo_plain",
             "model.layers.1.mlp.up_proj.weight",
@@ -725,10 +625,10 @@ fn olmo_and_gemma3_tensors_of_the_wrong_shape() {
             vec![8, 8],
         ),
     ] {
-        let (_tmp, dir) = fixture_copy(fixture);
-        rewrite_weights(&dir, |name, shape| {
-            if name == tensor {
-                assert_eq!(shape, right.as_slice());
+        let (_tmp, dir) = fixture_copy(name);
+        rewrite_weights(&dir, |n, shape| {
+            if n == tensor {
+                assert_eq!(shape, right.as_slice(), "{name}: {tensor}");
                 Some(wrong.clone())
             } else {
                 Some(shape.to_vec())
@@ -746,6 +646,31 @@ fn olmo_and_gemma3_tensors_of_the_wrong_shape() {
         );
     }
 }
+
+#[test]
+fn missing_tensor_is_named() {
+    for (name, tensor) in [
+        ("pythia_parallel", "embed_out.weight"),
+        ("gpt2_gelu_new", "transformer.wpe.weight"),
+        ("opt_proj", "model.decoder.embed_positions.weight"),
+        ("mamba_tied", "backbone.layers.0.mixer.A_log"),
+    ] {
+        let (_tmp, dir) = fixture_copy(name);
+        rewrite_weights(&dir, |n, s| (n != tensor).then(|| s.to_vec()));
+        let weights = dir.join("model.safetensors");
+        expect_error(&inspect(&dir), &[path_str(&weights), tensor, "missing"]);
+    }
+}
+
+// ---- OLMo and Gemma 3 -----------------------------------------------------------
+
+/// The OLMo and Gemma 3 fixtures.
+const OLMO_GEMMA_FIXTURES: [&str; 4] = [
+    "olmo_clip",
+    "olmo_plain",
+    "gemma3_swa_softcap",
+    "gemma3_plain",
+];
 
 #[test]
 fn gemma3_config_with_a_bad_switch() {

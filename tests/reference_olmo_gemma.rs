@@ -18,7 +18,7 @@ use common::reference::{
 };
 use cram::model::gemma3::{Gemma3, Gemma3Config};
 use cram::model::hparams::Json as HpJson;
-use cram::model::olmo::{Olmo, OlmoConfig};
+use cram::model::olmo::{self, OlmoConfig};
 use cram::weights::Weights;
 use serde_json::Value as Json;
 
@@ -95,10 +95,10 @@ fn olmo_clip_qkv_is_active() {
     assert_eq!(cfg.clip_qkv, Some(1.0));
     let w = weights(&dir);
     let (ids, want) = second_logits("olmo_clip");
-    let with = max_abs_diff(&logits_for(&Olmo::load(&cfg, &w).unwrap(), &ids), &want);
+    let with = max_abs_diff(&logits_for(&olmo::load(&cfg, &w).unwrap(), &ids), &want);
     let mut plain = cfg.clone();
     plain.clip_qkv = None;
-    let without = max_abs_diff(&logits_for(&Olmo::load(&plain, &w).unwrap(), &ids), &want);
+    let without = max_abs_diff(&logits_for(&olmo::load(&plain, &w).unwrap(), &ids), &want);
     println!("[olmo_clip] logits_1 max |diff|: {with:.3e} with clip_qkv, {without:.3e} without");
     assert!(with <= LOGITS_TOL, "with clip_qkv: {with}");
     assert!(

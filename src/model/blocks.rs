@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::LayerState;
 use crate::error::Result;
-use crate::ops;
 use crate::weights::Weights;
+use crate::{fused, ops};
 
 /// A linear layer on constant weights (`[out, in]` plus optional bias).
 #[derive(Debug, Clone)]
@@ -236,6 +236,32 @@ pub fn attention_bias(
     Ok(Tensor::from_vec(v, (b, 1, t, total), dev)?.to_dtype(dtype)?)
 }
 
+/// Appends new keys and values to a layer's cache along the position
+/// dimension `dim` and returns all of them; without a cache, returns them
+/// as they are.
+fn cache_kv(
+    state: Option<&mut LayerState>,
+    k: Tensor,
+    v: Tensor,
+    dim: usize,
+) -> Result<(Tensor, Tensor)> {
+    let Some(st) = state else {
+        return Ok((k, v));
+    };
+    let (k, v) = match std::mem::take(st) {
+        LayerState::Kv { k: pk, v: pv } => {
+            (Tensor::cat(&[&pk, &k], dim)?, Tensor::cat(&[&pv, &v], dim)?)
+        }
+        // An attention layer never holds a state-space state.
+        LayerState::Empty | LayerState::Ssm { .. } => (k, v),
+    };
+    *st = LayerState::Kv {
+        k: k.clone(),
+        v: v.clone(),
+    };
+    Ok((k, v))
+}
+
 /// Multi-head attention with grouped-query heads, rotary embeddings, optional
 /// per-head q/k norms and logit scaling.
 #[derive(Debug, Clone)]
@@ -318,6 +344,9 @@ impl Attention {
                 None => Ok(y),
             }
         };
+        if fused::applies(x) {
+            return self.forward_fused(x, project, rope, bias, state);
+        }
         let mut q = self.split_heads(&project(&self.q)?, self.num_heads)?;
         let mut k = self.split_heads(&project(&self.k)?, self.num_kv_heads)?;
         let v = self.split_heads(&project(&self.v)?, self.num_kv_heads)?;
@@ -331,23 +360,7 @@ impl Attention {
             q = ops::apply_rope(&q, cos, sin)?;
             k = ops::apply_rope(&k, cos, sin)?;
         }
-        let (k, v) = match state {
-            Some(st) => {
-                let (k, v) = match std::mem::take(st) {
-                    LayerState::Kv { k: pk, v: pv } => {
-                        (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
-                    }
-                    // An attention layer never holds a state-space state.
-                    LayerState::Empty | LayerState::Ssm { .. } => (k, v),
-                };
-                *st = LayerState::Kv {
-                    k: k.clone(),
-                    v: v.clone(),
-                };
-                (k, v)
-            }
-            None => (k, v),
-        };
+        let (k, v) = cache_kv(state, k, v, 2)?;
         let k = self.repeat_kv(k)?;
         let v = self.repeat_kv(v)?;
         let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * self.scale)?;
@@ -357,6 +370,47 @@ impl Attention {
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
+        self.o.forward(&out)
+    }
+
+    /// The CPU f32 path: queries, keys and values stay in the projections'
+    /// `[B, T, heads * head_dim]` layout (and so does the KV cache), and the
+    /// fused kernels of [`crate::fused`] do the rest.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        project: impl Fn(&Linear) -> Result<Tensor>,
+        rope: Option<&(Tensor, Tensor)>,
+        bias: &Tensor,
+        state: Option<&mut LayerState>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let d = self.head_dim;
+        let per_head = |y: Tensor, norm: &Option<Norm>, heads: usize| -> Result<Tensor> {
+            let y = match norm {
+                Some(n) => n
+                    .forward(&y.reshape((b, t, heads, d))?)?
+                    .reshape((b, t, heads * d))?,
+                None => y,
+            };
+            match rope {
+                Some((cos, sin)) => fused::rope(&y, d, cos, sin),
+                None => Ok(y),
+            }
+        };
+        let q = per_head(project(&self.q)?, &self.q_norm, self.num_heads)?;
+        let k = per_head(project(&self.k)?, &self.k_norm, self.num_kv_heads)?;
+        let v = project(&self.v)?;
+        let (k, v) = cache_kv(state, k, v, 1)?;
+        let out = fused::attention(
+            &q,
+            &k,
+            &v,
+            bias,
+            self.num_heads,
+            self.num_kv_heads,
+            self.scale,
+        )?;
         self.o.forward(&out)
     }
 
@@ -440,9 +494,12 @@ impl GatedMlp {
 
     /// Applies the MLP.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.act.forward(&self.gate.forward(x)?)?;
+        let g = self.gate.forward(x)?;
         let u = self.up.forward(x)?;
-        self.down.forward(&(g * u)?)
+        if self.act == Activation::Silu && fused::applies(&g) {
+            return self.down.forward(&fused::silu_mul(&g, &u)?);
+        }
+        self.down.forward(&(self.act.forward(&g)? * u)?)
     }
 
     /// Number of parameters.
@@ -633,6 +690,42 @@ impl LnLayer {
             + self.mlp_norm.num_params()
             + self.mlp.num_params()
     }
+}
+
+/// A pre-norm layer with a gated MLP (Llama, OLMo): `x + attn(norm(x))`,
+/// then `x + mlp(norm(x))`.
+#[derive(Debug, Clone)]
+pub struct GatedLayer {
+    /// Norm before attention.
+    pub input_norm: Norm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// Norm before the MLP.
+    pub post_norm: Norm,
+    /// The gated MLP.
+    pub mlp: GatedMlp,
+}
+
+/// Runs `x` through pre-norm gated `layers` with the rotary tables `rope`,
+/// each with its entry of `state` when decoding incrementally; queries, keys
+/// and values are clamped to `clip_qkv` when given (OLMo).
+pub fn run_gated_layers(
+    layers: &[GatedLayer],
+    mut x: Tensor,
+    rope: &(Tensor, Tensor),
+    bias: &Tensor,
+    mut state: Option<&mut super::DecodeState>,
+    clip_qkv: Option<f64>,
+) -> Result<Tensor> {
+    for (i, l) in layers.iter().enumerate() {
+        let st = state.as_deref_mut().map(|s| &mut s.layers[i]);
+        let h = l.input_norm.forward(&x)?;
+        let a = l.attn.forward_clipped(&h, Some(rope), bias, st, clip_qkv)?;
+        x = (x + a)?;
+        let m = l.mlp.forward(&l.post_norm.forward(&x)?)?;
+        x = (x + m)?;
+    }
+    Ok(x)
 }
 
 /// Runs `x` through `layers` in order, each with its entry of `state` when

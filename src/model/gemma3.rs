@@ -12,10 +12,10 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::blocks::{
-    attention_bias, expect_width, Activation, Attention, Embedding, GatedMlp, Linear, Norm, Rotary,
+    attention_bias, Activation, Attention, Embedding, GatedMlp, Linear, Norm, Rotary,
 };
 use super::hparams::{Gguf, Json};
-use super::{tensor_std, CausalLm, DecodeState, ModelInfo};
+use super::{tensor_std, AttentionStack, ModelInfo, Pass};
 use crate::error::{CramError, Result};
 use crate::weights::Weights;
 
@@ -474,17 +474,16 @@ impl Gemma3 {
 
     /// Runs the blocks on `x` at positions `start..`; `mask` is `[B, start
     /// + T]` (or none).
-    fn run(
-        &self,
-        x: &Tensor,
-        start: usize,
-        mask: Option<&Tensor>,
-        mut state: Option<&mut DecodeState>,
-    ) -> Result<Tensor> {
+    fn run(&self, x: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
+        let Pass {
+            start,
+            mask,
+            bias: global_bias,
+            mut state,
+        } = pass;
         let mut x = x.to_dtype(self.dtype)?;
         let (b, t, _) = x.dims3()?;
         let (dev, dt) = (&self.device, self.dtype);
-        let global_bias = attention_bias(b, t, start, mask, None, dt, dev)?;
         let local_bias = attention_bias(b, t, start, mask, self.window, dt, dev)?;
         let rope_global = self.rotary_global.tables(start, t, dt, dev)?;
         let rope_local = self.rotary_local.tables(start, t, dt, dev)?;
@@ -511,34 +510,17 @@ impl Gemma3 {
     }
 }
 
-impl CausalLm for Gemma3 {
-    fn info(&self) -> &ModelInfo {
-        &self.info
+impl AttentionStack for Gemma3 {
+    fn base(&self) -> (&ModelInfo, &Device, DType) {
+        (&self.info, &self.device, self.dtype)
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         Ok((self.embed.forward(ids)? * self.embed_scale)?)
     }
 
-    fn forward(&self, embeds: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        expect_width(embeds, self.info.input_size)?;
-        self.run(embeds, 0, mask, None)
-    }
-
-    fn forward_step(&self, embeds: &Tensor, state: &mut DecodeState) -> Result<Tensor> {
-        expect_width(embeds, self.info.input_size)?;
-        let t = embeds.dim(1)?;
-        let out = self.run(embeds, state.pos, None, Some(state))?;
-        state.pos += t;
-        Ok(out)
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
+    fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
+        self.run(embeds, pass)
     }
 }
 

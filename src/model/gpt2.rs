@@ -5,11 +5,11 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::blocks::{
-    attention_bias, expect_width, run_ln_layers, Activation, Attention, Embedding,
-    LearnedPositions, Linear, LnLayer, Mlp, Norm, Residual,
+    run_ln_layers, Activation, Attention, Embedding, LearnedPositions, Linear, LnLayer, Mlp, Norm,
+    Residual,
 };
 use super::hparams::{Gguf, Json};
-use super::{tensor_std, CausalLm, DecodeState, ModelInfo};
+use super::{tensor_std, AttentionStack, DecodeState, ModelInfo, Pass};
 use crate::error::{CramError, Result};
 use crate::weights::{map_gguf_name, Weights};
 
@@ -274,38 +274,17 @@ impl Gpt2 {
     }
 }
 
-impl CausalLm for Gpt2 {
-    fn info(&self) -> &ModelInfo {
-        &self.info
+impl AttentionStack for Gpt2 {
+    fn base(&self) -> (&ModelInfo, &Device, DType) {
+        (&self.info, &self.device, self.dtype)
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         self.wte.forward(ids)
     }
 
-    fn forward(&self, embeds: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        expect_width(embeds, self.info.input_size)?;
-        let (b, t, _) = embeds.dims3()?;
-        let bias = attention_bias(b, t, 0, mask, None, self.dtype, &self.device)?;
-        self.run(embeds, 0, &bias, None)
-    }
-
-    fn forward_step(&self, embeds: &Tensor, state: &mut DecodeState) -> Result<Tensor> {
-        expect_width(embeds, self.info.input_size)?;
-        let (b, t, _) = embeds.dims3()?;
-        let start = state.pos;
-        let bias = attention_bias(b, t, start, None, None, self.dtype, &self.device)?;
-        let out = self.run(embeds, start, &bias, Some(state))?;
-        state.pos += t;
-        Ok(out)
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
+    fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
+        self.run(embeds, pass.start, &pass.bias, pass.state)
     }
 }
 

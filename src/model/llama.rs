@@ -5,11 +5,11 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::blocks::{
-    attention_bias, expect_width, Activation, Attention, Embedding, GatedMlp, Linear,
+    run_gated_layers, Activation, Attention, Embedding, GatedLayer, GatedMlp, Linear,
     Llama3Scaling, Norm, Rotary,
 };
 use super::hparams::{Gguf, Json};
-use super::{tensor_std, CausalLm, DecodeState, ModelInfo};
+use super::{tensor_std, AttentionStack, DecodeState, ModelInfo, Pass};
 use crate::error::{CramError, Result};
 use crate::weights::Weights;
 
@@ -208,28 +208,48 @@ impl LlamaConfig {
     }
 }
 
-struct Layer {
-    input_norm: Norm,
-    attn: Attention,
-    post_norm: Norm,
-    mlp: GatedMlp,
-}
-
-/// A Llama-family model.
+/// A Llama-family model (also OLMo's, see [`super::olmo`]).
 pub struct Llama {
     embed: Embedding,
-    layers: Vec<Layer>,
+    layers: Vec<GatedLayer>,
     norm: Norm,
     lm_head: Linear,
     rotary: Rotary,
+    /// Clamp of the projected queries, keys and values (OLMo).
+    clip_qkv: Option<f64>,
     info: ModelInfo,
     device: Device,
     dtype: DType,
 }
 
+/// What sets a Llama-shaped family apart from Llama in [`Llama::load_variant`].
+pub struct Variant<'a> {
+    /// The architecture name reported by `cram inspect`.
+    pub architecture: &'a str,
+    /// Builds the norm whose weights are at the given prefix (e.g.
+    /// `model.layers.0.input_layernorm`).
+    pub norm: &'a dyn Fn(&str) -> Result<Norm>,
+    /// Clamp of the projected queries, keys and values, if any.
+    pub clip_qkv: Option<f64>,
+}
+
 impl Llama {
     /// Builds the model from its config and weights.
     pub fn load(cfg: &LlamaConfig, w: &Weights) -> Result<Self> {
+        let rms = |prefix: &str| Norm::rms(w, prefix, cfg.hidden_size, cfg.rms_norm_eps, false);
+        Self::load_variant(
+            cfg,
+            w,
+            Variant {
+                architecture: "llama",
+                norm: &rms,
+                clip_qkv: None,
+            },
+        )
+    }
+
+    /// Builds a Llama-shaped model whose norms and q/k/v clamp are `variant`'s.
+    pub fn load_variant(cfg: &LlamaConfig, w: &Weights, variant: Variant) -> Result<Self> {
         let h = cfg.hidden_size;
         let qd = cfg.num_heads * cfg.head_dim;
         let kvd = cfg.num_kv_heads * cfg.head_dim;
@@ -268,22 +288,10 @@ impl Llama {
                 k_norm: None,
                 window: None,
             };
-            layers.push(Layer {
-                input_norm: Norm::rms(
-                    w,
-                    &format!("{p}.input_layernorm"),
-                    h,
-                    cfg.rms_norm_eps,
-                    false,
-                )?,
+            layers.push(GatedLayer {
+                input_norm: (variant.norm)(&format!("{p}.input_layernorm"))?,
                 attn,
-                post_norm: Norm::rms(
-                    w,
-                    &format!("{p}.post_attention_layernorm"),
-                    h,
-                    cfg.rms_norm_eps,
-                    false,
-                )?,
+                post_norm: (variant.norm)(&format!("{p}.post_attention_layernorm"))?,
                 mlp: GatedMlp::load(
                     w,
                     &format!("{p}.mlp"),
@@ -294,7 +302,7 @@ impl Llama {
                 )?,
             });
         }
-        let norm = Norm::rms(w, "model.norm", h, cfg.rms_norm_eps, false)?;
+        let norm = (variant.norm)("model.norm")?;
         let tied = cfg.tie_word_embeddings || !w.contains("lm_head.weight");
         let lm_head = if tied {
             Linear::from_weight(embed.w.clone())
@@ -314,7 +322,7 @@ impl Llama {
             + norm.num_params()
             + if tied { 0 } else { lm_head.num_params() };
         let info = ModelInfo {
-            architecture: "llama".into(),
+            architecture: variant.architecture.into(),
             num_layers: cfg.num_layers,
             hidden_size: h,
             input_size: h,
@@ -333,6 +341,7 @@ impl Llama {
             norm,
             lm_head,
             rotary,
+            clip_qkv: variant.clip_qkv,
             info,
             device: w.device().clone(),
             dtype: w.dtype(),
@@ -344,59 +353,30 @@ impl Llama {
         x: &Tensor,
         start: usize,
         bias: &Tensor,
-        mut state: Option<&mut DecodeState>,
+        state: Option<&mut DecodeState>,
     ) -> Result<Tensor> {
-        let mut x = x.to_dtype(self.dtype)?;
+        let x = x.to_dtype(self.dtype)?;
         // One set of rotary tables serves every layer.
         let rope = self
             .rotary
             .tables(start, x.dim(1)?, self.dtype, &self.device)?;
-        for (i, l) in self.layers.iter().enumerate() {
-            let st = state.as_deref_mut().map(|s| &mut s.layers[i]);
-            let a = l
-                .attn
-                .forward(&l.input_norm.forward(&x)?, Some(&rope), bias, st)?;
-            x = (x + a)?;
-            let m = l.mlp.forward(&l.post_norm.forward(&x)?)?;
-            x = (x + m)?;
-        }
+        let x = run_gated_layers(&self.layers, x, &rope, bias, state, self.clip_qkv)?;
         let x = self.norm.forward(&x)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 }
 
-impl CausalLm for Llama {
-    fn info(&self) -> &ModelInfo {
-        &self.info
+impl AttentionStack for Llama {
+    fn base(&self) -> (&ModelInfo, &Device, DType) {
+        (&self.info, &self.device, self.dtype)
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         self.embed.forward(ids)
     }
 
-    fn forward(&self, embeds: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        expect_width(embeds, self.info.input_size)?;
-        let (b, t, _) = embeds.dims3()?;
-        let bias = attention_bias(b, t, 0, mask, None, self.dtype, &self.device)?;
-        self.run(embeds, 0, &bias, None)
-    }
-
-    fn forward_step(&self, embeds: &Tensor, state: &mut DecodeState) -> Result<Tensor> {
-        expect_width(embeds, self.info.input_size)?;
-        let (b, t, _) = embeds.dims3()?;
-        let start = state.pos;
-        let bias = attention_bias(b, t, start, None, None, self.dtype, &self.device)?;
-        let out = self.run(embeds, start, &bias, Some(state))?;
-        state.pos += t;
-        Ok(out)
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
+    fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
+        self.run(embeds, pass.start, &pass.bias, pass.state)
     }
 }
 

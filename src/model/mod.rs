@@ -59,7 +59,9 @@ pub enum LayerState {
     /// Nothing cached yet.
     #[default]
     Empty,
-    /// Keys and values of the positions seen so far, `[B, kv_heads, T, D]`.
+    /// Keys and values of the positions seen so far: `[B, T, kv_heads * D]`
+    /// on the CPU in f32 (the fused attention's layout), `[B, kv_heads, T, D]`
+    /// elsewhere.
     Kv {
         /// Cached keys.
         k: Tensor,
@@ -123,6 +125,93 @@ pub trait CausalLm {
 
     /// The compute dtype.
     fn dtype(&self) -> DType;
+}
+
+/// One forward pass of an attention model, as [`CausalLm`] hands it to
+/// [`AttentionStack::stack`].
+pub struct Pass<'a> {
+    /// Position of the first input (the number of cached positions).
+    pub start: usize,
+    /// Padding mask `[B, start + T]` (1 for real tokens), if any.
+    pub mask: Option<&'a Tensor>,
+    /// The additive causal and padding mask of global attention,
+    /// `[B, 1, T, start + T]` (from [`blocks::attention_bias`]).
+    pub bias: Tensor,
+    /// The decoding state to read and extend, when decoding step by step.
+    pub state: Option<&'a mut DecodeState>,
+}
+
+/// A transformer with attention layers: what an architecture provides for
+/// [`CausalLm`], which follows from it (the width check, the attention mask
+/// and the decoding position are the same for every such model).
+pub trait AttentionStack {
+    /// Sizes and identity, the device and the compute dtype.
+    fn base(&self) -> (&ModelInfo, &Device, DType);
+
+    /// Input embeddings for token ids `[B, T]`: `[B, T, input_size]`.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor>;
+
+    /// Logits `[B, T, vocab]` (f32) for input embeddings `[B, T, input_size]`.
+    fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor>;
+}
+
+impl<M: AttentionStack> CausalLm for M {
+    fn info(&self) -> &ModelInfo {
+        self.base().0
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        AttentionStack::embed(self, ids)
+    }
+
+    fn forward(&self, embeds: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let bias = self.pass_bias(embeds, 0, mask)?;
+        self.stack(
+            embeds,
+            Pass {
+                start: 0,
+                mask,
+                bias,
+                state: None,
+            },
+        )
+    }
+
+    fn forward_step(&self, embeds: &Tensor, state: &mut DecodeState) -> Result<Tensor> {
+        let start = state.pos;
+        let bias = self.pass_bias(embeds, start, None)?;
+        let pass = Pass {
+            start,
+            mask: None,
+            bias,
+            state: Some(&mut *state),
+        };
+        let out = self.stack(embeds, pass)?;
+        state.pos += embeds.dim(1)?;
+        Ok(out)
+    }
+
+    fn device(&self) -> &Device {
+        self.base().1
+    }
+
+    fn dtype(&self) -> DType {
+        self.base().2
+    }
+}
+
+/// Checks the width of `embeds` and builds the attention mask of a pass.
+trait PassBias {
+    fn pass_bias(&self, embeds: &Tensor, start: usize, mask: Option<&Tensor>) -> Result<Tensor>;
+}
+
+impl<M: AttentionStack> PassBias for M {
+    fn pass_bias(&self, embeds: &Tensor, start: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (info, dev, dtype) = self.base();
+        blocks::expect_width(embeds, info.input_size)?;
+        let (b, t, _) = embeds.dims3()?;
+        blocks::attention_bias(b, t, start, mask, None, dtype, dev)
+    }
 }
 
 /// How to load a model.
@@ -276,7 +365,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                 "olmo" => {
                     let cfg = olmo::OlmoConfig::from_gguf(&hparams::Gguf::new(&content, &path))?;
                     let w = Weights::from_gguf(&path, content, false, &opts.device, opts.dtype)?;
-                    Box::new(olmo::Olmo::load(&cfg, &w)?)
+                    Box::new(olmo::load(&cfg, &w)?)
                 }
                 "gemma3" => {
                     let cfg =
@@ -322,7 +411,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                 )?),
                 "gpt2" => Box::new(gpt2::Gpt2::load(&gpt2::Gpt2Config::from_json(&hp)?, &w)?),
                 "opt" => Box::new(opt::Opt::load(&opt::OptConfig::from_json(&hp)?, &w)?),
-                "olmo" => Box::new(olmo::Olmo::load(&olmo::OlmoConfig::from_json(&hp)?, &w)?),
+                "olmo" => Box::new(olmo::load(&olmo::OlmoConfig::from_json(&hp)?, &w)?),
                 "gemma3_text" => Box::new(gemma3::Gemma3::load(
                     &gemma3::Gemma3Config::from_json(&hp)?,
                     &w,

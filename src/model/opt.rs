@@ -11,11 +11,11 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::blocks::{
-    attention_bias, expect_width, run_ln_layers, Activation, Attention, Embedding,
-    LearnedPositions, Linear, LnLayer, Mlp, Norm, Residual,
+    run_ln_layers, Activation, Attention, Embedding, LearnedPositions, Linear, LnLayer, Mlp, Norm,
+    Residual,
 };
 use super::hparams::Json;
-use super::{tensor_std, CausalLm, DecodeState, ModelInfo};
+use super::{tensor_std, AttentionStack, DecodeState, ModelInfo, Pass};
 use crate::error::{CramError, Result};
 use crate::weights::Weights;
 
@@ -278,43 +278,23 @@ impl Opt {
     }
 }
 
-impl CausalLm for Opt {
-    fn info(&self) -> &ModelInfo {
-        &self.info
+impl AttentionStack for Opt {
+    fn base(&self) -> (&ModelInfo, &Device, DType) {
+        (&self.info, &self.device, self.dtype)
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         self.embed.forward(ids)
     }
 
-    fn forward(&self, embeds: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        expect_width(embeds, self.info.input_size)?;
+    fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
         let (b, t, _) = embeds.dims3()?;
-        let bias = attention_bias(b, t, 0, mask, None, self.dtype, &self.device)?;
-        let positions = match mask {
+        // Positions follow the padding mask (OPT's cumulative-sum positions).
+        let positions = match pass.mask {
             Some(m) => positions_from_mask(m)?,
-            None => LearnedPositions::consecutive(b, 0, t),
+            None => LearnedPositions::consecutive(b, pass.start, t),
         };
-        self.run(embeds, &positions, &bias, None)
-    }
-
-    fn forward_step(&self, embeds: &Tensor, state: &mut DecodeState) -> Result<Tensor> {
-        expect_width(embeds, self.info.input_size)?;
-        let (b, t, _) = embeds.dims3()?;
-        let start = state.pos;
-        let bias = attention_bias(b, t, start, None, None, self.dtype, &self.device)?;
-        let positions = LearnedPositions::consecutive(b, start, t);
-        let out = self.run(embeds, &positions, &bias, Some(state))?;
-        state.pos += t;
-        Ok(out)
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
+        self.run(embeds, &positions, &pass.bias, pass.state)
     }
 }
 
