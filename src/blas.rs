@@ -170,40 +170,43 @@ impl Blas {
         let ldb = if b_transposed { k } else { n };
         let tb = if b_transposed { TRANS } else { NO_TRANS };
         let pool = rayon::current_num_threads();
-        let parts = if self.split && m < SPLIT_MAX_ROWS {
-            pool.min(n / 64).max(1)
+        // Blocks (row start, rows, column start, columns).
+        let blocks: Vec<(usize, usize, usize, usize)> = if self.split && m < SPLIT_MAX_ROWS {
+            let parts = pool.min(n / 64).max(1);
+            let width = n.div_ceil(parts).div_ceil(16) * 16;
+            (0..n.div_ceil(width))
+                .map(|b| (0, m, b * width, width.min(n - b * width)))
+                .collect()
         } else {
-            1
+            vec![(0, m, 0, n)]
         };
         // One block: OpenBLAS threads it; several: each block single-threaded.
-        self.use_threads(if parts > 1 { 1 } else { pool });
-        // Column blocks a multiple of 16 wide.
-        let width = n.div_ceil(parts).div_ceil(16) * 16;
+        self.use_threads(if blocks.len() > 1 { 1 } else { pool });
         let cp = SendPtr(c.as_mut_ptr());
-        (0..n.div_ceil(width)).into_par_iter().for_each(|blk| {
-            let n0 = blk * width;
-            let nb = width.min(n - n0);
+        blocks.into_par_iter().for_each(|(m0, mb, n0, nb)| {
             // Column block n0..n0+nb of op(b): rows of b when transposed,
             // columns otherwise.
             let boff = if b_transposed { n0 * k } else { n0 };
             // SAFETY: the slices are at least as long as the dimensions
-            // require (checked above); each block writes only its own columns
-            // n0..n0+nb of `c`, which no other block touches.
+            // require (checked above); each block writes only its own rows
+            // m0..m0+mb and columns n0..n0+nb of `c`, which no other block
+            // touches. (Row blocks are not used: splitting rows measured
+            // slower than OpenBLAS's own threads.)
             unsafe {
                 (self.sgemm)(
                     ROW_MAJOR,
                     NO_TRANS,
                     tb,
-                    m as c_int,
+                    mb as c_int,
                     nb as c_int,
                     k as c_int,
                     1.0,
-                    a.as_ptr(),
+                    a.as_ptr().add(m0 * k),
                     k as c_int,
                     b.as_ptr().add(boff),
                     ldb as c_int,
                     beta,
-                    cp.at(n0),
+                    cp.at(m0 * n + n0),
                     n as c_int,
                 )
             }
