@@ -9,7 +9,7 @@
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 type SgemmFn = unsafe extern "C" fn(
     c_int,
@@ -47,6 +47,11 @@ pub struct Blas {
     set_threads: Option<SetThreadsFn>,
     /// The thread count last given to `set_threads` (0: never set).
     threads: AtomicUsize,
+    /// Held for the whole of each product: OpenBLAS's thread count is one
+    /// process-wide setting, and its results depend on it for some shapes, so
+    /// concurrent callers (tests, or several engines in one process) take
+    /// turns and every product runs with the count its shape chose.
+    lock: Mutex<()>,
     /// Split products with few rows into column blocks over the rayon pool.
     split: bool,
     name: String,
@@ -97,6 +102,7 @@ fn load() -> Option<Blas> {
                 sgemm,
                 set_threads,
                 threads: AtomicUsize::new(0),
+                lock: Mutex::new(()),
                 split,
                 name,
                 _lib: lib,
@@ -169,6 +175,10 @@ impl Blas {
         assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n);
         let ldb = if b_transposed { k } else { n };
         let tb = if b_transposed { TRANS } else { NO_TRANS };
+        // Products are never started from inside a rayon task (the fused
+        // kernels use `gemm`), so a caller waiting here never holds a worker
+        // that the holder's column blocks need.
+        let _turn = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let pool = rayon::current_num_threads();
         // Blocks (row start, rows, column start, columns).
         let blocks: Vec<(usize, usize, usize, usize)> = if self.split && m < SPLIT_MAX_ROWS {
