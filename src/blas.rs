@@ -127,7 +127,7 @@ pub fn backend_name() -> String {
 
 /// A raw pointer that may cross threads; each thread writes its own block.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: used only to hand disjoint column blocks of one output to threads.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -135,12 +135,65 @@ unsafe impl Sync for SendPtr {}
 impl SendPtr {
     /// The pointer `off` elements further (a method, so that closures
     /// capture the whole `SendPtr`, not its raw field).
-    fn at(self, off: usize) -> *mut f32 {
+    pub(crate) fn at(self, off: usize) -> *mut f32 {
         self.0.wrapping_add(off)
     }
 }
 
+/// Single-threaded BLAS products from any number of threads at once, handed
+/// out by [`Blas::single_threaded`].
+pub(crate) struct Single<'a>(&'a Blas);
+
+impl Single<'_> {
+    /// Row-major `c = alpha * op(a) @ op(b) + beta * c` with CBLAS's
+    /// arguments (`op(x)` is `x.T` when its flag is set), on the calling
+    /// thread.
+    ///
+    /// # Safety
+    /// The pointers, leading dimensions and sizes must describe matrices
+    /// inside live allocations, as for `cblas_sgemm`, and no other thread may
+    /// access `c`'s elements meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn sgemm(
+        &self,
+        (ta, tb): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda): (*const f32, usize),
+        (b, ldb): (*const f32, usize),
+        beta: f32,
+        (c, ldc): (*mut f32, usize),
+    ) {
+        let t = |x: bool| if x { TRANS } else { NO_TRANS };
+        (self.0.sgemm)(
+            ROW_MAJOR,
+            t(ta),
+            t(tb),
+            m as c_int,
+            n as c_int,
+            k as c_int,
+            alpha,
+            a,
+            lda as c_int,
+            b,
+            ldb as c_int,
+            beta,
+            c,
+            ldc as c_int,
+        )
+    }
+}
+
 impl Blas {
+    /// Runs `f` with BLAS set to one thread per call, holding the product
+    /// lock, so that `f` may run many small [`Single::sgemm`] products on the
+    /// rayon pool at once. Not to be called from inside a rayon task.
+    pub(crate) fn single_threaded<R>(&self, f: impl FnOnce(&Single) -> R) -> R {
+        let _turn = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.use_threads(1);
+        f(&Single(self))
+    }
+
     /// Sets OpenBLAS's thread count, when it can be set and has changed.
     fn use_threads(&self, n: usize) {
         if let Some(set) = self.set_threads {
@@ -151,16 +204,16 @@ impl Blas {
         }
     }
 
-    /// `c = a @ op(b) + beta * c` for row-major `a` `[m, k]`, `c` `[m, n]`,
-    /// and `b` `[n, k]` when `b_transposed` (so `op(b) = b.T`) or `[k, n]`.
+    /// `a @ op(b)` as a new row-major `[m, n]` vector, for row-major `a`
+    /// `[m, k]` and `b` `[n, k]` when `b_transposed` (so `op(b) = b.T`) or
+    /// `[k, n]`. The output is not zeroed first: BLAS sets every element.
     ///
-    /// With few rows (fewer than `SPLIT_MAX_ROWS`), the columns of `c` are
-    /// split into one block per thread of the rayon pool, each computed by a
-    /// single-threaded BLAS call: the fused kernels' work runs on the same
-    /// pool, so no second set of BLAS threads spins beside it. Larger products
-    /// run as one call on as many OpenBLAS threads as the pool has.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm(
+    /// With few rows (fewer than `SPLIT_MAX_ROWS`), the columns of the output
+    /// are split into one block per thread of the rayon pool, each computed
+    /// by a single-threaded BLAS call: the fused kernels' work runs on the
+    /// same pool, so no second set of BLAS threads spins beside it. Larger
+    /// products run as one call on as many OpenBLAS threads as the pool has.
+    pub fn product(
         &self,
         m: usize,
         n: usize,
@@ -168,16 +221,18 @@ impl Blas {
         a: &[f32],
         b: &[f32],
         b_transposed: bool,
-        beta: f32,
-        c: &mut [f32],
-    ) {
+    ) -> Vec<f32> {
+        if k == 0 {
+            return vec![0.0; m * n];
+        }
         use rayon::prelude::*;
-        assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n);
+        assert!(a.len() >= m * k && b.len() >= n * k);
+        let mut out = Vec::with_capacity(m * n);
         let ldb = if b_transposed { k } else { n };
         let tb = if b_transposed { TRANS } else { NO_TRANS };
         // Products are never started from inside a rayon task (the fused
-        // kernels use `gemm`), so a caller waiting here never holds a worker
-        // that the holder's column blocks need.
+        // kernels call `Single::sgemm`), so a caller waiting here never
+        // holds a worker that the holder's column blocks need.
         let _turn = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let pool = rayon::current_num_threads();
         // Blocks (row start, rows, column start, columns).
@@ -192,14 +247,15 @@ impl Blas {
         };
         // One block: OpenBLAS threads it; several: each block single-threaded.
         self.use_threads(if blocks.len() > 1 { 1 } else { pool });
-        let cp = SendPtr(c.as_mut_ptr());
+        let cp = SendPtr(out.as_mut_ptr());
         blocks.into_par_iter().for_each(|(m0, mb, n0, nb)| {
             // Column block n0..n0+nb of op(b): rows of b when transposed,
             // columns otherwise.
             let boff = if b_transposed { n0 * k } else { n0 };
             // SAFETY: the slices are at least as long as the dimensions
             // require (checked above); each block writes only its own rows
-            // m0..m0+mb and columns n0..n0+nb of `c`, which no other block
+            // m0..m0+mb and columns n0..n0+nb of `out` (allocated for m * n
+            // elements), which no other block
             // touches. (Row blocks are not used: splitting rows measured
             // slower than OpenBLAS's own threads.)
             unsafe {
@@ -215,11 +271,15 @@ impl Blas {
                     k as c_int,
                     b.as_ptr().add(boff),
                     ldb as c_int,
-                    beta,
+                    0.0,
                     cp.at(m0 * n + n0),
                     n as c_int,
                 )
             }
         });
+        // SAFETY: with `beta = 0` the calls above wrote all `m * n` elements
+        // (the blocks cover every column) and read none before writing.
+        unsafe { out.set_len(m * n) };
+        out
     }
 }

@@ -39,6 +39,17 @@ fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
+/// Calls `f` with the f32 values of `t`: borrowed when `t` is a contiguous
+/// CPU f32 tensor (an op's saved inputs are), else copied (a gradient may be
+/// strided).
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    if t.is_contiguous() && t.dtype() == DType::F32 && t.device().is_cpu() {
+        crate::ops::with_cpu_f32(t, f)
+    } else {
+        Ok(f(&values(t)?))
+    }
+}
+
 /// A CPU f32 tensor of `shape` from `v`.
 fn tensor(v: Vec<f32>, shape: &Shape, like: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(v, shape.clone(), like.device())
@@ -49,7 +60,7 @@ fn tensor(v: Vec<f32>, shape: &Shape, like: &Tensor) -> candle_core::Result<Tens
 /// kernels' loops are written to vectorise, and are inlined into this
 /// function with its target features.
 #[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
@@ -63,6 +74,48 @@ fn simd<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     f()
+}
+
+/// `e^x` for the kernels' inner loops, written without calls or branches so
+/// that a loop over it vectorises (glibc's `expf` is one scalar call per
+/// element; the softmax, SiLU and cross-entropy spent most of their time in
+/// it). Cody–Waite range reduction `x = n ln 2 + r` and Cephes' `expf`
+/// polynomial for `e^r`: relative error within 2 ulp of the exact value
+/// (tested below). Inputs are clamped to `[-87.3, 88]`, the range of normal
+/// results, so `e^x` below `1.2e-38` comes out as about `1.2e-38` rather than
+/// a subnormal or 0, and above `1.7e38` as `1.7e38` rather than infinity:
+/// callers that need an exact 0 (masked attention scores) test for `-inf`
+/// themselves. NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LO: f32 = -87.3;
+    const HI: f32 = 88.0;
+    // 1.5 * 2^23: adding it rounds to an integer, kept in the low bits.
+    const MAGIC: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Comparisons (not `max`/`min`), so that NaN passes through.
+    let x = if x < LO { LO } else { x };
+    let x = if x > HI { HI } else { x };
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let p = p * (r * r) + r + 1.0;
+    // 2^n from n's bits: n is in [-126, 127], a normal exponent.
+    let e = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    p * f32::from_bits((e.wrapping_add(127) as u32).wrapping_shl(23))
+}
+
+/// `1 / (1 + e^-x)`.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
 }
 
 /// Dot product with eight independent accumulators, so that it vectorises.
@@ -81,14 +134,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
-}
-
-/// `y += a * x`.
-#[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -136,24 +181,27 @@ impl CustomOp1 for RmsNorm {
     }
 
     fn bwd(&self, arg: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let x = values(arg)?;
-        let g = values(grad)?;
         let h = arg.dims().last().copied().unwrap_or(1);
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(h)
-            .zip(x.par_chunks(h).zip(g.par_chunks(h)))
-            .for_each(|(dx, (x, g))| {
-                let inv = self.inv(x);
-                // gw = g * w; dx = inv * gw - x * inv^3 * <gw, x> / h
-                let gw: Vec<f32> = match &self.w {
-                    Some(w) => g.iter().zip(w).map(|(a, b)| a * b).collect(),
-                    None => g.to_vec(),
-                };
-                let c = dot(&gw, x) * inv * inv * inv / h as f32;
-                for ((d, gi), xi) in dx.iter_mut().zip(&gw).zip(x) {
-                    *d = inv * gi - c * xi;
-                }
-            });
+        let mut dx = vec![0f32; arg.elem_count()];
+        let mut pass = |x: &[f32], g: &[f32]| {
+            dx.par_chunks_mut(h)
+                .zip(x.par_chunks(h).zip(g.par_chunks(h)))
+                .for_each(|(dx, (x, g))| {
+                    simd(|| {
+                        let inv = self.inv(x);
+                        // gw = g * w; dx = inv * gw - x * inv^3 * <gw, x> / h
+                        let gw: Vec<f32> = match &self.w {
+                            Some(w) => g.iter().zip(w).map(|(a, b)| a * b).collect(),
+                            None => g.to_vec(),
+                        };
+                        let c = dot(&gw, x) * inv * inv * inv / h as f32;
+                        for ((d, gi), xi) in dx.iter_mut().zip(&gw).zip(x) {
+                            *d = inv * gi - c * xi;
+                        }
+                    })
+                })
+        };
+        with_values(arg, |x| with_values(grad, |g| pass(x, g)))??;
         Ok(Some(tensor(dx, arg.shape(), arg)?))
     }
 }
@@ -181,11 +229,6 @@ pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: f64, add_one: bool) -> Resu
 
 struct SiluMul;
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "fused-silu-mul"
@@ -211,9 +254,11 @@ impl CustomOp2 for SiluMul {
         y.par_chunks_mut(4096)
             .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
             .for_each(|(y, (g, u))| {
-                for ((yi, gi), ui) in y.iter_mut().zip(g).zip(u) {
-                    *yi = gi / (1.0 + (-gi).exp()) * ui;
-                }
+                simd(|| {
+                    for ((yi, &gi), ui) in y.iter_mut().zip(g).zip(u) {
+                        *yi = gi * sigmoid(gi) * ui;
+                    }
+                })
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -225,25 +270,31 @@ impl CustomOp2 for SiluMul {
         _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = values(g_arg)?;
-        let u = values(u_arg)?;
-        let d = values(grad)?;
-        let mut dg = vec![0f32; g.len()];
-        let mut du = vec![0f32; g.len()];
-        dg.par_chunks_mut(4096)
-            .zip(du.par_chunks_mut(4096))
-            .zip(
-                g.par_chunks(4096)
-                    .zip(u.par_chunks(4096))
-                    .zip(d.par_chunks(4096)),
-            )
-            .for_each(|((dg, du), ((g, u), d))| {
-                for i in 0..g.len() {
-                    let s = sigmoid(g[i]);
-                    du[i] = d[i] * g[i] * s;
-                    dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                }
-            });
+        let mut dg = vec![0f32; g_arg.elem_count()];
+        let mut du = vec![0f32; g_arg.elem_count()];
+        let mut pass = |g: &[f32], u: &[f32], d: &[f32]| {
+            dg.par_chunks_mut(4096)
+                .zip(du.par_chunks_mut(4096))
+                .zip(
+                    g.par_chunks(4096)
+                        .zip(u.par_chunks(4096))
+                        .zip(d.par_chunks(4096)),
+                )
+                .for_each(|((dg, du), ((g, u), d))| {
+                    simd(|| {
+                        for ((((dg, du), &g), &u), &d) in
+                            dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d)
+                        {
+                            let s = sigmoid(g);
+                            *du = d * g * s;
+                            *dg = d * u * s * (1.0 + g * (1.0 - s));
+                        }
+                    })
+                })
+        };
+        with_values(g_arg, |g| {
+            with_values(u_arg, |u| with_values(grad, |d| pass(g, u, d)))
+        })???;
         Ok((
             Some(tensor(dg, g_arg.shape(), g_arg)?),
             Some(tensor(du, u_arg.shape(), u_arg)?),
@@ -379,37 +430,124 @@ impl<'a> View<'a> {
             ..self
         }
     }
+
+    /// The view from row `r` on.
+    fn skip_rows(self, r: usize) -> Self {
+        View {
+            off: self.off + r * self.rs,
+            ..self
+        }
+    }
+
+    /// The view from column `c` on.
+    fn skip_cols(self, c: usize) -> Self {
+        View {
+            off: self.off + c * self.cs,
+            ..self
+        }
+    }
+
+    /// Index of element `(r - 1, c - 1)`, the last of an `[r, c]` block.
+    fn last(&self, r: usize, c: usize) -> usize {
+        self.off + (r.max(1) - 1) * self.rs + (c.max(1) - 1) * self.cs
+    }
 }
 
-/// `c = scale * a @ b` for `a` `[m, k]`, `b` `[k, n]` (strided views) and
-/// `c` row-major `[m, n]`, on the calling thread (the `gemm` crate picks its
-/// SIMD kernels at run time).
-fn matmul(c: &mut [f32], m: usize, n: usize, k: usize, a: View, b: View, scale: f32) {
-    let last =
-        |v: &View, r: usize, cl: usize| v.off + (r.max(1) - 1) * v.rs + (cl.max(1) - 1) * v.cs;
-    assert!(c.len() >= m * n && last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len());
-    if m == 0 || n == 0 {
-        return;
+/// The attention kernel's products: single-threaded OpenBLAS calls when the
+/// library is loaded (about twice as fast as the `gemm` crate at these
+/// sizes, a few dozen rows by a head's width), else the `gemm` crate.
+#[derive(Clone, Copy)]
+struct Mm<'a>(Option<&'a crate::blas::Single<'a>>);
+
+/// Runs `f` with the products of [`Mm`] (holding the BLAS lock when BLAS is
+/// used, see [`crate::blas::Blas::single_threaded`]).
+fn with_mm<R>(f: impl FnOnce(Mm) -> R) -> R {
+    match crate::blas::get() {
+        Some(b) => b.single_threaded(|s| f(Mm(Some(s)))),
+        None => f(Mm(None)),
     }
-    // SAFETY: every element the views address lies inside their slices
-    // (the largest index is checked above, all strides are non-negative), and
-    // `c` is an exclusively borrowed `[m, n]` row-major buffer.
-    unsafe {
+}
+
+impl Mm<'_> {
+    /// `c = scale * a @ b` (`c += ...` when `accumulate`) for `a` `[m, k]`
+    /// and `b` `[k, n]` (strided views), with `c` row-major `[m, n]` at row
+    /// stride `ldc`, on the calling thread.
+    ///
+    /// # Safety
+    /// `c` must be valid for reads and writes of the `m` rows of `n`
+    /// elements at stride `ldc`, and no other thread may access them
+    /// meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product(
+        self,
+        c: *mut f32,
+        ldc: usize,
+        (m, n, k): (usize, usize, usize),
+        a: View,
+        b: View,
+        scale: f32,
+        accumulate: bool,
+    ) {
+        assert!(a.last(m, k) < a.data.len() && b.last(k, n) < b.data.len() && n <= ldc);
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !accumulate {
+                for r in 0..m {
+                    std::ptr::write_bytes(c.add(r * ldc), 0, n);
+                }
+            }
+            return;
+        }
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        // A view as BLAS takes it: (transposed, leading dimension) of a
+        // `[rows, cols]` operand, when one stride is 1 and the other large
+        // enough.
+        let blas_form = |v: &View, rows: usize, cols: usize| {
+            if v.cs == 1 && v.rs >= cols.max(1) {
+                Some((false, v.rs))
+            } else if v.rs == 1 && v.cs >= rows.max(1) {
+                Some((true, v.cs))
+            } else {
+                None
+            }
+        };
+        if let (Some(blas), Some((ta, lda)), Some((tb, ldb))) =
+            (self.0, blas_form(&a, m, k), blas_form(&b, k, n))
+        {
+            // SAFETY: the operands lie inside their slices (checked above)
+            // with the leading dimensions BLAS requires; the caller vouches
+            // for `c`.
+            blas.sgemm(
+                (ta, tb),
+                (m, n, k),
+                scale,
+                (a.data.as_ptr().add(a.off), lda),
+                (b.data.as_ptr().add(b.off), ldb),
+                beta,
+                (c, ldc),
+            );
+            return;
+        }
+        // SAFETY: every element the views address lies inside their slices
+        // (the largest index is checked above, all strides are
+        // non-negative); the caller vouches for `c`.
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
-            n as isize,
-            false,
+            ldc as isize,
+            accumulate,
             a.data.as_ptr().add(a.off),
             a.cs as isize,
             a.rs as isize,
             b.data.as_ptr().add(b.off),
             b.cs as isize,
             b.rs as isize,
-            0.0,
+            beta,
             scale,
             false,
             false,
@@ -418,6 +556,27 @@ fn matmul(c: &mut [f32], m: usize, n: usize, k: usize, a: View, b: View, scale: 
         )
     }
 }
+
+/// Query rows per block: a causal row block reads only the keys up to its
+/// last row, so blocks skip most of the masked upper triangle of the scores
+/// (a third of the work at 129 positions, in three blocks), and give the
+/// threads more tasks than one per head. Smaller blocks skip more but run
+/// slower products (32 measured slower than 64 on SmolLM2).
+const ROW_BLOCK: usize = 64;
+
+/// `n` rows in about `n / ROW_BLOCK` blocks of (nearly) equal size, as
+/// `(start, end)`.
+fn row_blocks(n: usize) -> Vec<(usize, usize)> {
+    let nb = n.div_ceil(ROW_BLOCK).max(1);
+    (0..nb)
+        .map(|i| (i * n / nb, (i + 1) * n / nb))
+        .filter(|(a, b)| b > a)
+        .collect()
+}
+
+/// Bound on the probabilities and score gradients the backward keeps at
+/// once (bytes); heads beyond it are processed in further rounds.
+const BWD_BUFFER_BYTES: usize = 64 << 20;
 
 struct Attention {
     /// Additive mask `[B, T, S]` (0 or `-inf`).
@@ -471,54 +630,77 @@ impl Attention {
         }
     }
 
-    /// The softmax probabilities `[T, S]` of unit `(b, h)`; masked keys get
+    /// For each query row of batch row `b`, one past its last unmasked key.
+    fn key_ends(&self, dm: Dims, b: usize) -> Vec<usize> {
+        self.bias[b * dm.t * dm.s..(b + 1) * dm.t * dm.s]
+            .chunks_exact(dm.s)
+            .map(|row| {
+                row.iter()
+                    .rposition(|&x| x != f32::NEG_INFINITY)
+                    .map_or(0, |j| j + 1)
+            })
+            .collect()
+    }
+
+    /// The softmax probabilities of query rows `r0..r0 + m` of unit `(b, h)`
+    /// over keys `0..ke`, written to `p` (row stride `ldp`); masked keys get
     /// exactly 0.
-    fn probs(&self, q: &[f32], k: &[f32], dm: Dims, b: usize, h: usize) -> Vec<f32> {
-        let d = self.head_dim;
+    #[allow(clippy::too_many_arguments)]
+    fn probs(
+        &self,
+        mm: Mm,
+        p: &mut [f32],
+        ldp: usize,
+        (q, k): (&[f32], &[f32]),
+        dm: Dims,
+        (b, h): (usize, usize),
+        (r0, m, ke): (usize, usize, usize),
+    ) {
+        if m == 0 || ke == 0 {
+            return;
+        }
         let kvh = h / (self.heads / self.kv_heads);
-        let mut p = vec![0f32; dm.t * dm.s];
-        let qh = self.head(q, b, dm.t, self.heads, h);
+        let qh = self.head(q, b, dm.t, self.heads, h).skip_rows(r0);
         let kh = self.head(k, b, dm.s, self.kv_heads, kvh);
-        matmul(&mut p, dm.t, dm.s, d, qh, kh.t(), self.scale);
-        let bias = &self.bias[b * dm.t * dm.s..(b + 1) * dm.t * dm.s];
+        assert!(p.len() >= (m.max(1) - 1) * ldp + ke);
+        // SAFETY: `p` holds `m` rows of `ke` at stride `ldp` (checked) and is
+        // exclusively borrowed.
+        unsafe {
+            mm.product(
+                p.as_mut_ptr(),
+                ldp,
+                (m, ke, self.head_dim),
+                qh,
+                kh.t(),
+                self.scale,
+                false,
+            )
+        };
+        let bias = &self.bias[(b * dm.t + r0) * dm.s..];
         simd(|| {
-            for (row, brow) in p.chunks_exact_mut(dm.s).zip(bias.chunks_exact(dm.s)) {
+            for (row, brow) in p.chunks_mut(ldp).take(m).zip(bias.chunks_exact(dm.s)) {
+                let row = &mut row[..ke];
                 let mut max = f32::NEG_INFINITY;
                 for (x, &bj) in row.iter_mut().zip(brow) {
                     *x += bj;
                     max = max.max(*x);
                 }
-                let mut sum = 0f32;
+                // Exponentials first (a loop that vectorises), then their
+                // sum in order.
                 for x in row.iter_mut() {
                     *x = if *x == f32::NEG_INFINITY {
                         0.0
                     } else {
-                        (*x - max).exp()
+                        exp(*x - max)
                     };
-                    sum += *x;
                 }
+                let sum: f32 = row.iter().sum();
                 let inv = 1.0 / sum;
                 for x in row.iter_mut() {
                     *x *= inv;
                 }
             }
         });
-        p
-    }
-
-    /// Writes per-unit rows `[B * heads][T][d]` into `[B, T, heads * d]`.
-    fn gather_units(&self, units: &[Vec<f32>], b: usize, t: usize, heads: usize) -> Vec<f32> {
-        let d = self.head_dim;
-        let mut out = vec![0f32; b * t * heads * d];
-        out.par_chunks_mut(heads * d)
-            .enumerate()
-            .for_each(|(row, o)| {
-                let (bi, i) = (row / t, row % t);
-                for (h, oh) in o.chunks_exact_mut(d).enumerate() {
-                    oh.copy_from_slice(&units[bi * heads + h][i * d..][..d]);
-                }
-            });
-        out
     }
 }
 
@@ -542,20 +724,42 @@ impl CustomOp3 for Attention {
             data(self.name(), s3, l3)?,
         );
         let dm = self.dims(l1.shape(), l2.shape(), l3.shape())?;
-        let d = self.head_dim;
-        let rep = self.heads / self.kv_heads;
-        let units: Vec<Vec<f32>> = (0..dm.b * self.heads)
-            .into_par_iter()
-            .map(|u| {
-                let (b, h) = (u / self.heads, u % self.heads);
-                let p = self.probs(q, k, dm, b, h);
-                let mut o = vec![0f32; dm.t * d];
-                let vh = self.head(v, b, dm.s, self.kv_heads, h / rep);
-                matmul(&mut o, dm.t, d, dm.s, View::rows(&p, dm.s), vh, 1.0);
-                o
-            })
-            .collect();
-        let out = self.gather_units(&units, dm.b, dm.t, self.heads);
+        let (d, heads) = (self.head_dim, self.heads);
+        let rep = heads / self.kv_heads;
+        let ends: Vec<Vec<usize>> = (0..dm.b).map(|b| self.key_ends(dm, b)).collect();
+        let blocks = row_blocks(dm.t);
+        let mut out = vec![0f32; dm.b * dm.t * heads * d];
+        let op = crate::blas::SendPtr(out.as_mut_ptr());
+        with_mm(|mm| {
+            (0..dm.b * heads * blocks.len())
+                .into_par_iter()
+                .for_each(|task| {
+                    let (u, (r0, r1)) = (task / blocks.len(), blocks[task % blocks.len()]);
+                    let (b, h) = (u / heads, u % heads);
+                    let ke = ends[b][r0..r1].iter().copied().max().unwrap_or(0);
+                    let m = r1 - r0;
+                    if ke == 0 {
+                        // Every key masked (the mask never does this): zeros.
+                        return;
+                    }
+                    let mut p = vec![0f32; m * ke];
+                    self.probs(mm, &mut p, ke, (q, k), dm, (b, h), (r0, m, ke));
+                    let vh = self.head(v, b, dm.s, self.kv_heads, h / rep);
+                    // SAFETY: rows r0..r1 of head h of batch row b in `out`
+                    // (stride heads * d): no other task writes them.
+                    unsafe {
+                        mm.product(
+                            op.at(((b * dm.t + r0) * heads + h) * d),
+                            heads * d,
+                            (m, d, ke),
+                            View::rows(&p, ke),
+                            vh,
+                            1.0,
+                            false,
+                        )
+                    }
+                })
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -567,78 +771,155 @@ impl CustomOp3 for Attention {
         _: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, g) = (
-            values(q_arg)?,
-            values(k_arg)?,
-            values(v_arg)?,
-            values(grad)?,
-        );
         let dm = self.dims(q_arg.shape(), k_arg.shape(), v_arg.shape())?;
-        let d = self.head_dim;
-        let rep = self.heads / self.kv_heads;
-        // Per unit (b, h): dq [T, d], dk [S, d], dv [S, d].
-        let units: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..dm.b * self.heads)
-            .into_par_iter()
-            .map(|u| {
-                let (b, h) = (u / self.heads, u % self.heads);
-                let kvh = h / rep;
-                let p = self.probs(&q, &k, dm, b, h);
-                let (qh, gh) = (
-                    self.head(&q, b, dm.t, self.heads, h),
-                    self.head(&g, b, dm.t, self.heads, h),
-                );
-                let (kh, vh) = (
-                    self.head(&k, b, dm.s, self.kv_heads, kvh),
-                    self.head(&v, b, dm.s, self.kv_heads, kvh),
-                );
-                // dP = dO V^T; dS = P * (dP - rowsum(P * dP)) * scale.
-                let mut ds = vec![0f32; dm.t * dm.s];
-                matmul(&mut ds, dm.t, dm.s, d, gh, vh.t(), 1.0);
-                simd(|| {
-                    for (dr, pr) in ds.chunks_exact_mut(dm.s).zip(p.chunks_exact(dm.s)) {
-                        let c = dot(dr, pr);
-                        for (x, &pj) in dr.iter_mut().zip(pr) {
-                            *x = pj * (*x - c) * self.scale;
-                        }
-                    }
-                });
-                let (mut dq, mut dk, mut dv) = (
-                    vec![0f32; dm.t * d],
-                    vec![0f32; dm.s * d],
-                    vec![0f32; dm.s * d],
-                );
-                let ds_v = View::rows(&ds, dm.s);
-                matmul(&mut dq, dm.t, d, dm.s, ds_v, kh, 1.0);
-                matmul(&mut dk, dm.s, d, dm.t, ds_v.t(), qh, 1.0);
-                matmul(&mut dv, dm.s, d, dm.t, View::rows(&p, dm.s).t(), gh, 1.0);
-                (dq, dk, dv)
+        let g = values(grad)?;
+        // The inputs were made contiguous before the op: borrow them.
+        let (dq, dk, dv) = crate::ops::with_cpu_f32(q_arg, |q| {
+            crate::ops::with_cpu_f32(k_arg, |k| {
+                crate::ops::with_cpu_f32(v_arg, |v| {
+                    with_mm(|mm| self.backward(mm, dm, q, k, v, &g))
+                })
             })
-            .collect();
-        let (dq, (dk, dv)): (Vec<_>, (Vec<_>, Vec<_>)) =
-            units.into_iter().map(|(a, b, c)| (a, (b, c))).unzip();
-        let dq = self.gather_units(&dq, dm.b, dm.t, self.heads);
-        // Keys and values: sum the query heads that share a kv head.
-        let kv_sum = |parts: &[Vec<f32>]| -> Vec<f32> {
-            let mut out = vec![0f32; dm.b * dm.s * self.kv_heads * d];
-            out.par_chunks_mut(self.kv_heads * d)
-                .enumerate()
-                .for_each(|(row, o)| {
-                    let (bi, j) = (row / dm.s, row % dm.s);
-                    for (kvh, oh) in o.chunks_exact_mut(d).enumerate() {
-                        for r in 0..rep {
-                            let part = &parts[bi * self.heads + kvh * rep + r][j * d..][..d];
-                            axpy(oh, 1.0, part);
-                        }
-                    }
-                });
-            out
-        };
-        let (dk, dv) = (kv_sum(&dk), kv_sum(&dv));
+        })???;
         Ok((
             Some(tensor(dq, q_arg.shape(), q_arg)?),
             Some(tensor(dk, k_arg.shape(), k_arg)?),
             Some(tensor(dv, v_arg.shape(), v_arg)?),
         ))
+    }
+}
+
+impl Attention {
+    /// Gradients of q, k and v from the output gradient `g` (all in the
+    /// projections' layout), in rounds of groups of query heads that share
+    /// a kv head: first, per group head and block of query rows, the
+    /// probabilities (recomputed), the score gradients and those rows of
+    /// dq; then, per group and block of keys, dk and dv summed over the
+    /// group's heads, from the query rows that see those keys.
+    fn backward(
+        &self,
+        mm: Mm,
+        dm: Dims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        g: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (d, heads, kvh_n) = (self.head_dim, self.heads, self.kv_heads);
+        let rep = heads / kvh_n;
+        let (t, s) = (dm.t, dm.s);
+        let ends: Vec<Vec<usize>> = (0..dm.b).map(|b| self.key_ends(dm, b)).collect();
+        let rows = row_blocks(t);
+        let keys = row_blocks(s);
+        let mut dq = vec![0f32; dm.b * t * heads * d];
+        let mut dk = vec![0f32; dm.b * s * kvh_n * d];
+        let mut dv = vec![0f32; dm.b * s * kvh_n * d];
+        let (dqp, dkp, dvp) = (
+            crate::blas::SendPtr(dq.as_mut_ptr()),
+            crate::blas::SendPtr(dk.as_mut_ptr()),
+            crate::blas::SendPtr(dv.as_mut_ptr()),
+        );
+        // Groups (b, kv head) per round, so that P and dS of a round fit
+        // the buffer bound.
+        let group_bytes = rep * t * s * 2 * std::mem::size_of::<f32>();
+        let per_round = (BWD_BUFFER_BYTES / group_bytes.max(1)).max(1);
+        let groups = dm.b * kvh_n;
+        for first in (0..groups).step_by(per_round) {
+            let n_groups = per_round.min(groups - first);
+            // P and dS of every head of the round, [T, S] each; entries a
+            // row block does not reach stay 0.
+            let mut p_buf = vec![0f32; n_groups * rep * t * s];
+            let mut ds_buf = vec![0f32; n_groups * rep * t * s];
+            let (pp, dsp) = (
+                crate::blas::SendPtr(p_buf.as_mut_ptr()),
+                crate::blas::SendPtr(ds_buf.as_mut_ptr()),
+            );
+            (0..n_groups * rep * rows.len())
+                .into_par_iter()
+                .for_each(|task| {
+                    let (unit, (r0, r1)) = (task / rows.len(), rows[task % rows.len()]);
+                    let grp = first + unit / rep;
+                    let (b, h) = (grp / kvh_n, (grp % kvh_n) * rep + unit % rep);
+                    let ke = ends[b][r0..r1].iter().copied().max().unwrap_or(0);
+                    let m = r1 - r0;
+                    // SAFETY: rows r0..r1 of this unit's P and dS, which no
+                    // other task of this pass touches.
+                    let (p, ds) = unsafe {
+                        let off = (unit * t + r0) * s;
+                        (
+                            std::slice::from_raw_parts_mut(pp.at(off), m * s),
+                            std::slice::from_raw_parts_mut(dsp.at(off), m * s),
+                        )
+                    };
+                    self.probs(mm, p, s, (q, k), dm, (b, h), (r0, m, ke));
+                    let kvh = h / rep;
+                    let gh = self.head(g, b, t, heads, h).skip_rows(r0);
+                    let (kh, vh) = (
+                        self.head(k, b, s, kvh_n, kvh),
+                        self.head(v, b, s, kvh_n, kvh),
+                    );
+                    // dP = dO V^T; dS = P * (dP - rowsum(P * dP)) * scale.
+                    // SAFETY: `ds` holds m rows of ke at stride s.
+                    unsafe { mm.product(ds.as_mut_ptr(), s, (m, ke, d), gh, vh.t(), 1.0, false) };
+                    simd(|| {
+                        for (dr, pr) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
+                            let (dr, pr) = (&mut dr[..ke], &pr[..ke]);
+                            let c = dot(dr, pr);
+                            for (x, &pj) in dr.iter_mut().zip(pr) {
+                                *x = pj * (*x - c) * self.scale;
+                            }
+                        }
+                    });
+                    // dQ rows r0..r1 = dS K.
+                    // SAFETY: rows r0..r1 of head h of batch row b in dq
+                    // (stride heads * d): no other task writes them.
+                    unsafe {
+                        mm.product(
+                            dqp.at(((b * t + r0) * heads + h) * d),
+                            heads * d,
+                            (m, d, ke),
+                            View::rows(ds, s),
+                            kh,
+                            1.0,
+                            false,
+                        )
+                    }
+                });
+            let (p_buf, ds_buf) = (&p_buf, &ds_buf);
+            (0..n_groups * keys.len()).into_par_iter().for_each(|task| {
+                let (gi, (c0, c1)) = (task / keys.len(), keys[task % keys.len()]);
+                let grp = first + gi;
+                let (b, kvh) = (grp / kvh_n, grp % kvh_n);
+                // Query rows before `r` do not see keys c0..c1.
+                let Some(r) = ends[b].iter().position(|&e| e > c0) else {
+                    return;
+                };
+                let off = ((b * s + c0) * kvh_n + kvh) * d;
+                for j in 0..rep {
+                    let unit = gi * rep + j;
+                    let h = kvh * rep + j;
+                    let ds = View::rows(&ds_buf[unit * t * s..(unit + 1) * t * s], s)
+                        .skip_rows(r)
+                        .skip_cols(c0)
+                        .t();
+                    let p = View::rows(&p_buf[unit * t * s..(unit + 1) * t * s], s)
+                        .skip_rows(r)
+                        .skip_cols(c0)
+                        .t();
+                    let qh = self.head(q, b, t, heads, h).skip_rows(r);
+                    let gh = self.head(g, b, t, heads, h).skip_rows(r);
+                    // SAFETY: rows c0..c1 of kv head kvh of batch row b
+                    // in dk and dv (stride kv_heads * d): no other task
+                    // writes them.
+                    unsafe {
+                        let shape = (c1 - c0, d, t - r);
+                        mm.product(dkp.at(off), kvh_n * d, shape, ds, qh, 1.0, j > 0);
+                        mm.product(dvp.at(off), kvh_n * d, shape, p, gh, 1.0, j > 0);
+                    }
+                }
+            });
+        }
+        (dq, dk, dv)
     }
 }
 
@@ -752,6 +1033,79 @@ mod tests {
     }
 
     #[test]
+    fn attention_products_agree_between_blas_and_gemm() {
+        let Some(blas) = crate::blas::get() else {
+            return; // no BLAS library here: only the gemm crate runs
+        };
+        let data: Vec<f32> = rand(64 * 64, 7).iter().map(|&x| x as f32).collect();
+        let (m, n, k) = (5, 7, 9);
+        // Each operand plain and transposed, with row strides wider than
+        // the matrix, as the kernel's head views are.
+        let view = |off: usize, rows: usize, cols: usize, t: bool| {
+            if t {
+                View {
+                    data: &data,
+                    off,
+                    rs: 1,
+                    cs: rows + 3,
+                }
+            } else {
+                View {
+                    data: &data,
+                    off,
+                    rs: cols + 2,
+                    cs: 1,
+                }
+            }
+        };
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (a, b) = (view(3, m, k, ta), view(700, k, n, tb));
+            let run = |mm: Mm, acc: bool| {
+                let mut c: Vec<f32> = (0..m * 10).map(|i| i as f32 * 0.5).collect();
+                // SAFETY: `c` holds m rows of n at stride 10.
+                unsafe { mm.product(c.as_mut_ptr(), 10, (m, n, k), a, b, 0.7, acc) };
+                c
+            };
+            for acc in [false, true] {
+                let want = run(Mm(None), acc);
+                let got = blas.single_threaded(|s| run(Mm(Some(s)), acc));
+                for (x, y) in got.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-5, "{ta} {tb} {acc}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (f64::from(exp(x)), f64::from(x).exp());
+            worst = worst.max((got - want).abs() / want);
+            x += 0.001_37;
+        }
+        assert!(
+            worst < 2.0 * f64::from(f32::EPSILON),
+            "relative error {worst}"
+        );
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(-1000.0) < 1.3e-38 && exp(-1000.0) > 0.0);
+        assert_eq!(exp(0.0), 1.0);
+        // Vectorised and scalar calls agree.
+        let xs: Vec<f32> = (0..1000).map(|i| i as f32 * 0.173 - 80.0).collect();
+        let mut ys = vec![0f32; xs.len()];
+        simd(|| {
+            for (y, &x) in ys.iter_mut().zip(&xs) {
+                *y = exp(x);
+            }
+        });
+        for (y, &x) in ys.iter().zip(&xs) {
+            assert_eq!(y.to_bits(), exp(x).to_bits(), "{x}");
+        }
+    }
+
+    #[test]
     fn rms_norm_matches_the_composition() {
         for add_one in [false, true] {
             check(
@@ -835,9 +1189,16 @@ mod tests {
         let dev = Device::Cpu;
         // Grouped heads with padding; then a cached decode (S > T) with a window.
         let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], &dev).unwrap();
-        for (t, start, window, mask, h, kvh) in
-            [(6, 0, None, Some(&mask), 6, 2), (2, 4, Some(3), None, 4, 4)]
-        {
+        // Longer: several blocks of query rows and keys (`ROW_BLOCK`), a
+        // padded second text, and a cached decode of 37 rows with a window.
+        let long: Vec<u32> = (0..140).map(|i| u32::from(i < 70 || i < 125)).collect();
+        let long = Tensor::from_vec(long, (2, 70), &dev).unwrap();
+        for (t, start, window, mask, h, kvh) in [
+            (6, 0, None, Some(&mask), 6, 2),
+            (2, 4, Some(3), None, 4, 4),
+            (70, 0, None, Some(&long), 6, 2),
+            (37, 40, Some(50), None, 4, 2),
+        ] {
             let s = start + t;
             let d = 8;
             let bias = |dt| attention_bias(2, t, start, mask, window, dt, &dev).unwrap();

@@ -55,7 +55,7 @@ impl CustomOp1 for InputOnlyLinear {
 }
 
 /// Borrows the f32 data of a contiguous CPU tensor.
-fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
         candle_core::bail!("expected an f32 cpu tensor");
@@ -98,22 +98,16 @@ impl CustomOp1 for BlasLinear {
         let x = contiguous_f32(self.name(), s, l)?;
         let (out, inp) = self.w.dims2()?;
         let rows = x.len() / inp;
-        let mut y = vec![0f32; rows * out];
-        let beta = match &self.b {
-            Some(b) => {
-                with_cpu_f32(b, |b| {
-                    for r in y.chunks_exact_mut(out) {
-                        r.copy_from_slice(b);
-                    }
-                })?;
-                1.0
-            }
-            None => 0.0,
-        };
-        with_cpu_f32(&self.w, |w| {
-            self.blas.gemm(rows, out, inp, x, w, true, beta, &mut y)
-        })?;
-        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+        let shape = with_last_dim(l.shape(), out);
+        let mut y = with_cpu_f32(&self.w, |w| self.blas.product(rows, out, inp, x, w, true))?;
+        if let Some(b) = &self.b {
+            with_cpu_f32(b, |b| {
+                for r in y.chunks_exact_mut(out) {
+                    r.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                }
+            })?;
+        }
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -125,7 +119,17 @@ impl CustomOp1 for BlasLinear {
     }
 }
 
-/// `g @ w` for `g` `[rows, out]` and `w` `[out, in]`: the input gradient of
+/// `shape` with its last dimension replaced by `n`.
+fn with_last_dim(shape: &Shape, n: usize) -> Shape {
+    let mut dims = shape.dims().to_vec();
+    match dims.last_mut() {
+        Some(d) => *d = n,
+        None => dims.push(n),
+    }
+    Shape::from(dims)
+}
+
+/// `g @ w` for `g` `[..., out]` and `w` `[out, in]`: the input gradient of
 /// [`BlasLinear`].
 struct BlasMatmul {
     w: Tensor,
@@ -141,11 +145,8 @@ impl CustomOp1 for BlasMatmul {
         let g = contiguous_f32(self.name(), s, l)?;
         let (out, inp) = self.w.dims2()?;
         let rows = g.len() / out;
-        let mut dx = vec![0f32; rows * inp];
-        with_cpu_f32(&self.w, |w| {
-            self.blas.gemm(rows, inp, out, g, w, false, 0.0, &mut dx)
-        })?;
-        Ok((CpuStorage::F32(dx), Shape::from((rows, inp))))
+        let dx = with_cpu_f32(&self.w, |w| self.blas.product(rows, inp, out, g, w, false))?;
+        Ok((CpuStorage::F32(dx), with_last_dim(l.shape(), inp)))
     }
 }
 
@@ -176,7 +177,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
                 b: b.cloned(),
                 blas,
             };
-            return Ok(x2.contiguous()?.apply_op1(op)?.reshape(out_dims)?);
+            // One graph node on the input's own shape: no reshapes around
+            // it, whose backward would cost a zero-fill and an add each.
+            return Ok(x.contiguous()?.apply_op1(op)?);
         }
     }
     if !x.track_op() {
@@ -404,17 +407,37 @@ struct FusedNll {
 
 /// Row maximum, its first index, and `log(sum(exp(x - max)))`.
 fn row_stats(x: &[f32]) -> (f32, u32, f32) {
-    let mut max = f32::NEG_INFINITY;
-    let mut arg = 0u32;
-    for (i, &v) in x.iter().enumerate() {
-        if v > max {
-            max = v;
-            arg = i as u32;
+    crate::fused::simd(|| {
+        // Eight lanes so that the loops vectorise; NaN entries are skipped
+        // (`v > m` is false), as in a scalar `if v > max` scan.
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let (body, tail) = x.split_at(x.len() / 8 * 8);
+        for c in body.chunks_exact(8) {
+            for i in 0..8 {
+                lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+            }
         }
-    }
-    // Accumulate in f64: a long f32 sum loses digits of the loss.
-    let sum: f64 = x.iter().map(|&v| (v - max).exp() as f64).sum();
-    (max, arg, sum.ln() as f32)
+        let mut max = f32::NEG_INFINITY;
+        for &v in lanes.iter().chain(tail) {
+            if v > max {
+                max = v;
+            }
+        }
+        let arg = x.iter().position(|&v| v == max).unwrap_or(0) as u32;
+        // Accumulate in f64 (eight partial sums): a long f32 sum loses
+        // digits of the loss.
+        let mut acc = [0f64; 8];
+        for c in body.chunks_exact(8) {
+            for i in 0..8 {
+                acc[i] += crate::fused::exp(c[i] - max) as f64;
+            }
+        }
+        let mut sum = acc.iter().sum::<f64>();
+        for &v in tail {
+            sum += crate::fused::exp(v - max) as f64;
+        }
+        (max, arg, sum.ln() as f32)
+    })
 }
 
 impl CustomOp1 for FusedNll {
@@ -477,9 +500,11 @@ impl CustomOp1 for FusedNll {
                             max + lse
                         }
                     };
-                    for (di, &xi) in d.iter_mut().zip(row) {
-                        *di = (xi - shift).exp() * gr;
-                    }
+                    crate::fused::simd(|| {
+                        for (di, &xi) in d.iter_mut().zip(row) {
+                            *di = crate::fused::exp(xi - shift) * gr;
+                        }
+                    });
                     d[label as usize] -= gr;
                 });
         })?;
