@@ -255,9 +255,9 @@ impl Blas {
             // SAFETY: the slices are at least as long as the dimensions
             // require (checked above); each block writes only its own rows
             // m0..m0+mb and columns n0..n0+nb of `out` (allocated for m * n
-            // elements), which no other block
-            // touches. (Row blocks are not used: splitting rows measured
-            // slower than OpenBLAS's own threads.)
+            // elements), which no other block touches. (Row blocks are not
+            // used: splitting rows measured slower than OpenBLAS's own
+            // threads.)
             unsafe {
                 (self.sgemm)(
                     ROW_MAJOR,

@@ -574,6 +574,12 @@ fn row_blocks(n: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// One past the last key any of a block's query rows sees (their
+/// [`Attention::key_ends`]).
+fn block_key_end(ends: &[usize]) -> usize {
+    ends.iter().copied().max().unwrap_or(0)
+}
+
 /// Bound on the probabilities and score gradients the backward keeps at
 /// once (bytes); heads beyond it are processed in further rounds.
 const BWD_BUFFER_BYTES: usize = 64 << 20;
@@ -630,14 +636,19 @@ impl Attention {
         }
     }
 
-    /// For each query row of batch row `b`, one past its last unmasked key.
-    fn key_ends(&self, dm: Dims, b: usize) -> Vec<usize> {
-        self.bias[b * dm.t * dm.s..(b + 1) * dm.t * dm.s]
-            .chunks_exact(dm.s)
-            .map(|row| {
-                row.iter()
-                    .rposition(|&x| x != f32::NEG_INFINITY)
-                    .map_or(0, |j| j + 1)
+    /// For each batch row, and each of its query rows, one past the row's
+    /// last unmasked key.
+    fn key_ends(&self, dm: Dims) -> Vec<Vec<usize>> {
+        self.bias
+            .chunks_exact(dm.t * dm.s)
+            .map(|rows| {
+                rows.chunks_exact(dm.s)
+                    .map(|row| {
+                        row.iter()
+                            .rposition(|&x| x != f32::NEG_INFINITY)
+                            .map_or(0, |j| j + 1)
+                    })
+                    .collect()
             })
             .collect()
     }
@@ -726,7 +737,7 @@ impl CustomOp3 for Attention {
         let dm = self.dims(l1.shape(), l2.shape(), l3.shape())?;
         let (d, heads) = (self.head_dim, self.heads);
         let rep = heads / self.kv_heads;
-        let ends: Vec<Vec<usize>> = (0..dm.b).map(|b| self.key_ends(dm, b)).collect();
+        let ends = self.key_ends(dm);
         let blocks = row_blocks(dm.t);
         let mut out = vec![0f32; dm.b * dm.t * heads * d];
         let op = crate::blas::SendPtr(out.as_mut_ptr());
@@ -736,7 +747,7 @@ impl CustomOp3 for Attention {
                 .for_each(|task| {
                     let (u, (r0, r1)) = (task / blocks.len(), blocks[task % blocks.len()]);
                     let (b, h) = (u / heads, u % heads);
-                    let ke = ends[b][r0..r1].iter().copied().max().unwrap_or(0);
+                    let ke = block_key_end(&ends[b][r0..r1]);
                     let m = r1 - r0;
                     if ke == 0 {
                         // Every key masked (the mask never does this): zeros.
@@ -772,15 +783,15 @@ impl CustomOp3 for Attention {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dm = self.dims(q_arg.shape(), k_arg.shape(), v_arg.shape())?;
-        let g = values(grad)?;
-        // The inputs were made contiguous before the op: borrow them.
-        let (dq, dk, dv) = crate::ops::with_cpu_f32(q_arg, |q| {
-            crate::ops::with_cpu_f32(k_arg, |k| {
-                crate::ops::with_cpu_f32(v_arg, |v| {
-                    with_mm(|mm| self.backward(mm, dm, q, k, v, &g))
+        // The inputs were made contiguous before the op (borrowed); the
+        // gradient is copied only when strided.
+        let (dq, dk, dv) = with_values(q_arg, |q| {
+            with_values(k_arg, |k| {
+                with_values(v_arg, |v| {
+                    with_values(grad, |g| with_mm(|mm| self.backward(mm, dm, q, k, v, g)))
                 })
             })
-        })???;
+        })????;
         Ok((
             Some(tensor(dq, q_arg.shape(), q_arg)?),
             Some(tensor(dk, k_arg.shape(), k_arg)?),
@@ -808,7 +819,7 @@ impl Attention {
         let (d, heads, kvh_n) = (self.head_dim, self.heads, self.kv_heads);
         let rep = heads / kvh_n;
         let (t, s) = (dm.t, dm.s);
-        let ends: Vec<Vec<usize>> = (0..dm.b).map(|b| self.key_ends(dm, b)).collect();
+        let ends = self.key_ends(dm);
         let rows = row_blocks(t);
         let keys = row_blocks(s);
         let mut dq = vec![0f32; dm.b * t * heads * d];
@@ -840,7 +851,7 @@ impl Attention {
                     let (unit, (r0, r1)) = (task / rows.len(), rows[task % rows.len()]);
                     let grp = first + unit / rep;
                     let (b, h) = (grp / kvh_n, (grp % kvh_n) * rep + unit % rep);
-                    let ke = ends[b][r0..r1].iter().copied().max().unwrap_or(0);
+                    let ke = block_key_end(&ends[b][r0..r1]);
                     let m = r1 - r0;
                     // SAFETY: rows r0..r1 of this unit's P and dS, which no
                     // other task of this pass touches.
@@ -1191,7 +1202,8 @@ mod tests {
         let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], &dev).unwrap();
         // Longer: several blocks of query rows and keys (`ROW_BLOCK`), a
         // padded second text, and a cached decode of 37 rows with a window.
-        let long: Vec<u32> = (0..140).map(|i| u32::from(i < 70 || i < 125)).collect();
+        // (the second text's last 15 positions are padding)
+        let long: Vec<u32> = (0..140).map(|i| u32::from(i < 125)).collect();
         let long = Tensor::from_vec(long, (2, 70), &dev).unwrap();
         for (t, start, window, mask, h, kvh) in [
             (6, 0, None, Some(&mask), 6, 2),
