@@ -1,0 +1,79 @@
+//! `cram report`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use cram::metrics::{MetricsConfig, DEFAULT_BITS, DEFAULT_THRESHOLD};
+use cram_report::{CellSelector, CurveChoice, ReportConfig, DEFAULT_CURVES};
+
+/// Options of `cram report`.
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Run folders of `cram sweep` (or folders with cells.jsonl and
+    /// config.toml, or .jsonl files); all go into one report.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Output folder (created if needed).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Accuracy threshold for "lossless".
+    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+    pub threshold: f64,
+    /// Bits per vector component in the theoretical capacity.
+    #[arg(long, default_value_t = DEFAULT_BITS)]
+    pub bits: f64,
+    /// Draw the optimisation curves of this many texts, chosen by the report.
+    #[arg(long, default_value_t = DEFAULT_CURVES, conflicts_with = "curve")]
+    pub curves: usize,
+    /// Draw the curves of the texts matching KEY=VALUE[,KEY=VALUE...] (keys:
+    /// model, dataset, sample, mem, length); repeatable.
+    #[arg(long)]
+    pub curve: Vec<CellSelector>,
+    /// Heading of index.html.
+    #[arg(long, default_value = "Cramming report")]
+    pub title: String,
+}
+
+/// Runs `cram report`.
+pub fn run(args: &ReportArgs, quiet: bool) -> anyhow::Result<()> {
+    let runs = args
+        .runs
+        .iter()
+        .map(|p| cram_report::read_run(p))
+        .collect::<cram::Result<Vec<_>>>()?;
+    let cfg = ReportConfig {
+        metrics: MetricsConfig {
+            threshold: args.threshold,
+            bits: args.bits,
+        },
+        curves: if args.curve.is_empty() {
+            CurveChoice::Auto(args.curves)
+        } else {
+            CurveChoice::Select(args.curve.clone())
+        },
+        title: args.title.clone(),
+    };
+    let s = cram_report::write_report(&runs, &args.output, &cfg)?;
+    if !quiet {
+        println!(
+            "{} run(s), {} texts, {} group(s): {} files, {} figures -> {}",
+            s.n_runs,
+            s.n_cells,
+            s.groups.len(),
+            s.files.len(),
+            s.figures.len(),
+            args.output.join(cram_report::html::INDEX).display()
+        );
+        if let CurveChoice::Select(sels) = &cfg.curves {
+            if s.curve_cells.is_empty() {
+                let sels: Vec<String> = sels.iter().map(|s| s.to_string()).collect();
+                eprintln!(
+                    "warning: no text with curves matches --curve {}",
+                    sels.join(" --curve ")
+                );
+            }
+        }
+    }
+    Ok(())
+}

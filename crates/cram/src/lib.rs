@@ -1,0 +1,26 @@
+//! cram: measure and exploit how much text fits into the input embeddings of
+//! a causal language model.
+//!
+//! The pipeline runs one way: a text source ([`datasets`], [`texts`]) gives
+//! texts, a model ([`model`], the `cram-models` crate) turns them into tokens,
+//! the [`engine`] optimises batches of trainable `[mem]` vectors against the
+//! frozen model, and the results go to `.safetensors` files ([`memfile`]) or,
+//! for a grid of runs ([`sweep`]), to the results store ([`store`]), from
+//! which the `cram-report` crate draws the paper's tables and figures.
+
+#![warn(missing_docs)]
+
+pub mod datasets;
+pub mod engine;
+pub mod memfile;
+pub mod metrics;
+pub mod sentences;
+pub mod store;
+pub mod sweep;
+pub mod texts;
+
+pub use cram_kernels as kernels;
+pub use cram_kernels::{alloc, blas, fused, ops};
+pub use cram_models as model;
+pub use cram_models::{error, fetch, generate, source, tokenizer, weights};
+pub use cram_models::{CramError, Result};

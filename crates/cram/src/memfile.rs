@@ -1,0 +1,275 @@
+//! The `.safetensors` file that holds a text's `[mem]` vectors and
+//! everything needed to decode them: model identity, conventions, metrics.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{CramConfig, CramResult, LossConvention, StopReason};
+use crate::error::{CramError, Result};
+use crate::model::LoadedModel;
+
+/// Format tag written into every file.
+pub const FORMAT: &str = "cram-mem/1";
+/// Name of the vectors tensor.
+pub const TENSOR: &str = "mem";
+/// Metadata key holding the JSON metadata.
+pub const META_KEY: &str = "cram";
+
+/// Which model a file was made with. Decoding with any other model fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    /// What the user passed as `--model`.
+    pub name: String,
+    /// Architecture (`model_type`).
+    pub architecture: String,
+    /// SHA-256 of the weights (of the file, or of the shards' hashes in order).
+    pub weights_sha256: String,
+    /// SHA-256 of the tokenizer.
+    pub tokenizer_sha256: String,
+}
+
+impl ModelIdentity {
+    /// Computes a loaded model's identity (hashes its weight files).
+    pub fn of(m: &LoadedModel) -> Result<Self> {
+        let mut hashes = Vec::new();
+        for f in &m.weight_files {
+            hashes.push(crate::fetch::sha256_file(f)?);
+        }
+        let weights_sha256 = if hashes.len() == 1 {
+            hashes.remove(0)
+        } else {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for x in &hashes {
+                h.update(x.as_bytes());
+            }
+            format!("{:x}", h.finalize())
+        };
+        Ok(Self {
+            name: m.spec.clone(),
+            architecture: m.model.info().architecture.clone(),
+            weights_sha256,
+            tokenizer_sha256: m.tokenizer.sha256(),
+        })
+    }
+
+    /// Whether two identities name the same weights and tokenizer (the name
+    /// the user typed may differ).
+    pub fn same_model(&self, other: &Self) -> bool {
+        self.weights_sha256 == other.weights_sha256
+            && self.tokenizer_sha256 == other.tokenizer_sha256
+    }
+}
+
+impl MemMeta {
+    /// The metadata of a text's vectors: `ids` are its tokens, `r` the
+    /// engine's result for it, `cfg` the settings it was crammed with.
+    pub fn new(
+        m: &LoadedModel,
+        identity: &ModelIdentity,
+        cfg: &CramConfig,
+        ids: &[u32],
+        r: &CramResult,
+    ) -> Self {
+        Self {
+            format: FORMAT.into(),
+            cram_version: env!("CARGO_PKG_VERSION").into(),
+            model: identity.clone(),
+            n_tokens: ids.len(),
+            n_mem: cfg.n_mem,
+            input_size: m.model.info().input_size,
+            loss: cfg.loss,
+            adds_bos: m.tokenizer.adds_bos(),
+            bos_id: m.tokenizer.bos_id(),
+            first_token: ids.first().copied(),
+            dtype: m.model.info().compute_dtype.clone(),
+            tokens_sha256: tokens_sha256(ids),
+            config: cfg.clone(),
+            metrics: Metrics::from(r),
+            backend: Some(m.model.info().backend()),
+        }
+    }
+}
+
+/// Everything in a file besides the vectors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemMeta {
+    /// [`FORMAT`].
+    pub format: String,
+    /// cram's version.
+    pub cram_version: String,
+    /// The model.
+    pub model: ModelIdentity,
+    /// Tokens in the text (BOS included when the tokenizer adds it).
+    pub n_tokens: usize,
+    /// Vectors.
+    pub n_mem: usize,
+    /// Width of a vector.
+    pub input_size: usize,
+    /// Loss convention the vectors were trained with.
+    pub loss: LossConvention,
+    /// Whether the text starts with the tokenizer's BOS token.
+    pub adds_bos: bool,
+    /// The BOS id, if any.
+    pub bos_id: Option<u32>,
+    /// The first token, needed to decode with the `paper` convention.
+    pub first_token: Option<u32>,
+    /// Compute dtype used while cramming.
+    pub dtype: String,
+    /// SHA-256 of the token ids (little-endian u32), to check a decoding.
+    pub tokens_sha256: String,
+    /// Optimiser settings.
+    pub config: crate::engine::CramConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Where and how the vectors were computed (device, dtype, kernels);
+    /// absent in files written before cram recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<cram_models::Backend>,
+}
+
+/// The metrics stored with the vectors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Mean cross-entropy without vectors.
+    pub original_loss: f64,
+    /// Accuracy without vectors.
+    pub original_accuracy: f64,
+    /// Loss with the kept vectors.
+    pub best_loss: f64,
+    /// Accuracy with the kept vectors.
+    pub best_accuracy: f64,
+    /// Steps taken.
+    pub steps: usize,
+    /// Why optimisation stopped.
+    pub stop_reason: StopReason,
+    /// Seconds spent.
+    pub wall_time_s: f64,
+    /// Whether greedy decoding reproduced the text.
+    pub exact: bool,
+    /// First differing position, if any.
+    pub first_mismatch: Option<usize>,
+    /// Loss per step.
+    pub loss_curve: Vec<f32>,
+    /// Accuracy per step.
+    pub accuracy_curve: Vec<f32>,
+}
+
+impl From<&CramResult> for Metrics {
+    fn from(r: &CramResult) -> Self {
+        Self {
+            original_loss: r.original_loss,
+            original_accuracy: r.original_accuracy,
+            best_loss: r.best_loss,
+            best_accuracy: r.best_accuracy,
+            steps: r.steps,
+            stop_reason: r.stop_reason,
+            wall_time_s: r.wall_time_s,
+            exact: r.exact,
+            first_mismatch: r.first_mismatch,
+            loss_curve: r.loss_curve.clone(),
+            accuracy_curve: r.accuracy_curve.clone(),
+        }
+    }
+}
+
+/// SHA-256 of token ids.
+pub fn tokens_sha256(ids: &[u32]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for id in ids {
+        h.update(id.to_le_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+struct F32View<'a> {
+    shape: Vec<usize>,
+    data: &'a [f32],
+}
+
+impl safetensors::View for F32View<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Writes vectors `[n_mem, input_size]` and metadata, atomically (a temp
+/// file renamed into place).
+pub fn write(path: &Path, vectors: &[f32], meta: &MemMeta) -> Result<()> {
+    if vectors.len() != meta.n_mem * meta.input_size {
+        return Err(CramError::Input(format!(
+            "internal: {} numbers for {} vectors of width {}",
+            vectors.len(),
+            meta.n_mem,
+            meta.input_size
+        )));
+    }
+    let json = serde_json::to_string(meta).map_err(|e| CramError::bad_file(path, e))?;
+    let info = HashMap::from([(META_KEY.to_string(), json)]);
+    let view = F32View {
+        shape: vec![meta.n_mem, meta.input_size],
+        data: vectors,
+    };
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file([(TENSOR, view)], Some(info), &tmp)
+        .map_err(|e| CramError::bad_file(&tmp, format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| CramError::io(path, e))
+}
+
+/// Reads a file written by [`write`]: vectors (row-major) and metadata.
+pub fn read(path: &Path) -> Result<(Vec<f32>, MemMeta)> {
+    let bytes = std::fs::read(path).map_err(|e| CramError::io(path, e))?;
+    let bad = |msg: String| CramError::bad_file(path, msg);
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| {
+            bad(format!(
+                "no `{META_KEY}` metadata: not a file written by cram compress"
+            ))
+        })?;
+    let meta: MemMeta =
+        serde_json::from_str(json).map_err(|e| bad(format!("invalid cram metadata: {e}")))?;
+    if meta.format != FORMAT {
+        return Err(bad(format!(
+            "unsupported format `{}` (expected {FORMAT})",
+            meta.format
+        )));
+    }
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let t = st
+        .tensor(TENSOR)
+        .map_err(|_| bad(format!("no `{TENSOR}` tensor")))?;
+    if t.dtype() != safetensors::Dtype::F32 || t.shape() != [meta.n_mem, meta.input_size] {
+        return Err(bad(format!(
+            "tensor `{TENSOR}` is {:?} {:?}, expected F32 [{}, {}]",
+            t.dtype(),
+            t.shape(),
+            meta.n_mem,
+            meta.input_size
+        )));
+    }
+    let vectors = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((vectors, meta))
+}
