@@ -69,7 +69,10 @@ fn compress_then_decompress_gives_the_text_back() {
     let model = fixture("llama_gqa_tied");
     let text = "The keeper of the lighthouse walked along the rocky shore.";
     for loss in ["full", "paper"] {
-        let (file, v) = compress(dir.path(), &model, &["--text", text, "--loss", loss]);
+        // One folder per convention: compress never overwrites other work.
+        let sub = dir.path().join(loss);
+        std::fs::create_dir(&sub).unwrap();
+        let (file, v) = compress(&sub, &model, &["--text", text, "--loss", loss]);
         assert_eq!(v["exact"], true, "{v}");
         assert_eq!(v["best_accuracy"], 1.0);
         assert_eq!(v["adds_bos"], true);

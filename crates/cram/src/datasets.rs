@@ -394,6 +394,7 @@ fn load_csv(path: &Path, column: &str) -> Result<Vec<Sample>> {
 
 fn load_jsonl(path: &Path, field: &str) -> Result<Vec<Sample>> {
     let data = std::fs::read_to_string(path).map_err(|e| CramError::io(path, e))?;
+    let data = data.strip_prefix('\u{feff}').unwrap_or(&data);
     let mut samples = Vec::new();
     let mut lines = Vec::new();
     for (i, line) in data.lines().enumerate() {
@@ -473,6 +474,10 @@ fn load_folder(path: &Path) -> Result<Vec<Sample>> {
 
 fn load_file(path: &Path) -> Result<Sample> {
     let text = std::fs::read_to_string(path).map_err(|e| CramError::io(path, e))?;
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(t) => t.to_string(),
+        None => text,
+    };
     if text.trim().is_empty() {
         return Err(CramError::bad_file(path, "empty text"));
     }

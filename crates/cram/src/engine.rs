@@ -154,18 +154,29 @@ impl OptimizerConfig {
         }
     }
 
-    /// The first invalid setting, as (field, what is wrong).
+    /// The first invalid setting, as (field, what is wrong): every number
+    /// must be finite, `lr` and `eps` positive, `min_lr` and `weight_decay`
+    /// non-negative, the betas in [0, 1).
     pub fn invalid(&self) -> Option<(&'static str, String)> {
-        if self.lr.is_nan() || self.lr <= 0.0 {
-            return Some(("lr", format!("{} must be > 0", self.lr)));
+        if !self.lr.is_finite() || self.lr <= 0.0 {
+            return Some(("lr", format!("{} must be a finite number > 0", self.lr)));
         }
-        if let Some(m) = self.min_lr.filter(|m| m.is_nan() || *m < 0.0) {
-            return Some(("min_lr", format!("{m} must be >= 0")));
+        if let Some(m) = self.min_lr.filter(|m| !m.is_finite() || *m < 0.0) {
+            return Some(("min_lr", format!("{m} must be a finite number >= 0")));
         }
         for (f, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
                 return Some((f, format!("{b} must be in [0, 1)")));
             }
+        }
+        if !self.eps.is_finite() || self.eps <= 0.0 {
+            return Some(("eps", format!("{} must be a finite number > 0", self.eps)));
+        }
+        if !self.weight_decay.is_finite() || self.weight_decay < 0.0 {
+            return Some((
+                "weight_decay",
+                format!("{} must be a finite number >= 0", self.weight_decay),
+            ));
         }
         if self.max_steps == 0 {
             return Some(("max_steps", "must be at least 1".into()));
@@ -224,6 +235,9 @@ pub enum StopReason {
     MaxSteps,
     /// `patience` steps without an accuracy improvement.
     Patience,
+    /// The loss became NaN or infinite (the kept vectors are those of the
+    /// last finite step, or the initial ones).
+    Diverged,
 }
 
 /// Everything the engine learns about one text.
@@ -473,6 +487,14 @@ impl<'a> Engine<'a> {
                 let (loss, acc) = (losses[k], accs[k]);
                 s.loss_curve.push(loss as f32);
                 s.acc_curve.push(acc as f32);
+                if !loss.is_finite() {
+                    if s.best.is_none() {
+                        // Not even the initial vectors had a finite loss.
+                        s.best = Some((0.0, f64::INFINITY, step, s.params.clone()));
+                    }
+                    s.done = Some((StopReason::Diverged, elapsed));
+                    continue;
+                }
                 let improved_acc = s.best.as_ref().is_none_or(|b| acc > b.0);
                 let better = s
                     .best

@@ -14,6 +14,7 @@ pub mod datasets;
 pub mod engine;
 pub mod memfile;
 pub mod metrics;
+pub mod nonfinite;
 pub mod sentences;
 pub mod store;
 pub mod sweep;

@@ -135,26 +135,33 @@ pub struct MemMeta {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Metrics {
     /// Mean cross-entropy without vectors.
+    #[serde(deserialize_with = "crate::nonfinite::f64")]
     pub original_loss: f64,
     /// Accuracy without vectors.
+    #[serde(deserialize_with = "crate::nonfinite::f64")]
     pub original_accuracy: f64,
     /// Loss with the kept vectors.
+    #[serde(deserialize_with = "crate::nonfinite::f64")]
     pub best_loss: f64,
     /// Accuracy with the kept vectors.
+    #[serde(deserialize_with = "crate::nonfinite::f64")]
     pub best_accuracy: f64,
     /// Steps taken.
     pub steps: usize,
     /// Why optimisation stopped.
     pub stop_reason: StopReason,
     /// Seconds spent.
+    #[serde(deserialize_with = "crate::nonfinite::f64")]
     pub wall_time_s: f64,
     /// Whether greedy decoding reproduced the text.
     pub exact: bool,
     /// First differing position, if any.
     pub first_mismatch: Option<usize>,
     /// Loss per step.
+    #[serde(deserialize_with = "crate::nonfinite::vec_f32")]
     pub loss_curve: Vec<f32>,
     /// Accuracy per step.
+    #[serde(deserialize_with = "crate::nonfinite::vec_f32")]
     pub accuracy_curve: Vec<f32>,
 }
 
@@ -224,9 +231,51 @@ pub fn write(path: &Path, vectors: &[f32], meta: &MemMeta) -> Result<()> {
         data: vectors,
     };
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file([(TENSOR, view)], Some(info), &tmp)
-        .map_err(|e| CramError::bad_file(&tmp, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| CramError::io(path, e))
+    // Written aside and renamed: a file at `path` is always whole. A failed
+    // write (a full disk) leaves no partial file behind.
+    let written = safetensors::serialize_to_file([(TENSOR, view)], Some(info), &tmp)
+        .map_err(|e| CramError::bad_file(&tmp, format!("cannot write: {e}")))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| CramError::io(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// What `path` holds for a text about to be crammed: nothing, or the vectors
+/// of this very text (tokens `ids`, settings `cfg`, the model of
+/// `identity`), whose metadata is returned so that the work is not done
+/// again.
+///
+/// # Errors
+/// A file that holds something else (another text, other settings,
+/// another model, or not a vector file): overwriting it would lose it.
+pub fn existing(
+    path: &Path,
+    identity: &ModelIdentity,
+    cfg: &CramConfig,
+    ids: &[u32],
+) -> Result<Option<MemMeta>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let refuse = |why: &str| {
+        CramError::bad_file(
+            path,
+            format!("already exists and holds {why}; pass --overwrite to replace it"),
+        )
+    };
+    let (_, meta) = read(path).map_err(|_| refuse("no readable cram vectors"))?;
+    if !meta.model.same_model(identity) {
+        return Err(refuse("vectors of another model"));
+    }
+    if meta.tokens_sha256 != tokens_sha256(ids) {
+        return Err(refuse("the vectors of another text"));
+    }
+    if meta.config != *cfg {
+        return Err(refuse("vectors made with other settings"));
+    }
+    Ok(Some(meta))
 }
 
 /// Reads a file written by [`write`]: vectors (row-major) and metadata.
@@ -272,4 +321,74 @@ pub fn read(path: &Path) -> Result<(Vec<f32>, MemMeta)> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     Ok((vectors, meta))
+}
+
+/// A file's text regenerated from its vectors alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The decoded token ids (the given first token included under the
+    /// paper's convention).
+    pub ids: Vec<u32>,
+    /// Whether they are the original text's tokens.
+    pub matches_original: bool,
+    /// Components of the vectors that are NaN or infinite (the file's
+    /// optimisation diverged).
+    pub non_finite: usize,
+}
+
+/// Reads `file` and regenerates its text by greedy decoding from the
+/// vectors (and the layout's given tokens) with `m`, which must be the model
+/// the file was made with.
+///
+/// # Errors
+/// A file made with another model, or whose token count with its vectors
+/// exceeds the model's context (a corrupt or hand-edited file), names the
+/// file and the field.
+pub fn decode(m: &LoadedModel, file: &Path) -> Result<Decoded> {
+    let (vectors, meta) = read(file)?;
+    let identity = ModelIdentity::of(m)?;
+    if !identity.same_model(&meta.model) {
+        return Err(CramError::bad_file(
+            file,
+            format!(
+                "made with model `{}` (weights sha256 {}, tokenizer sha256 {}), but --model `{}` has weights sha256 {} and tokenizer sha256 {}",
+                meta.model.name,
+                meta.model.weights_sha256,
+                meta.model.tokenizer_sha256,
+                identity.name,
+                identity.weights_sha256,
+                identity.tokenizer_sha256
+            ),
+        ));
+    }
+    let ctx = m.model.info().context_length;
+    if meta.n_mem == 0 || meta.n_tokens == 0 || meta.n_tokens.saturating_add(meta.n_mem) > ctx {
+        return Err(CramError::bad_file(
+            file,
+            format!(
+                "metadata field `n_tokens`: {} tokens with {} vector(s) do not fit the model's context length {ctx} (a text needs at least 1 token and 1 vector)",
+                meta.n_tokens, meta.n_mem
+            ),
+        ));
+    }
+    let non_finite = vectors.iter().filter(|v| !v.is_finite()).count();
+    let count = meta.loss.n_predicted(meta.n_tokens);
+    let mut ids = crate::engine::decode_vectors(
+        m.model.as_ref(),
+        &vectors,
+        meta.n_mem,
+        meta.loss,
+        meta.first_token,
+        count,
+    )?;
+    if meta.loss == LossConvention::Paper {
+        if let Some(f) = meta.first_token {
+            ids.insert(0, f);
+        }
+    }
+    Ok(Decoded {
+        matches_original: tokens_sha256(&ids) == meta.tokens_sha256,
+        ids,
+        non_finite,
+    })
 }

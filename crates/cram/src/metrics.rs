@@ -88,14 +88,18 @@ pub struct Cell {
     /// Vocabulary size of the model.
     pub vocab_size: usize,
     /// Mean cross-entropy without vectors, nats per predicted token.
+    #[serde(deserialize_with = "crate::nonfinite::f64")]
     pub original_loss: f64,
     /// Accuracy without vectors.
+    #[serde(deserialize_with = "crate::nonfinite::f64")]
     pub original_accuracy: f64,
     /// Tokens `original_loss` and `original_accuracy` are averaged over.
     pub original_n_predicted: usize,
     /// Mean cross-entropy with the kept vectors, nats per predicted token.
+    #[serde(deserialize_with = "crate::nonfinite::f64")]
     pub best_loss: f64,
     /// Accuracy with the kept vectors.
+    #[serde(deserialize_with = "crate::nonfinite::f64")]
     pub best_accuracy: f64,
     /// Tokens `best_loss` and `best_accuracy` are averaged over.
     pub n_predicted: usize,

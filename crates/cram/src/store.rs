@@ -211,11 +211,22 @@ fn blob_u32(path: &Path, b: &[u8]) -> Result<Vec<u32>> {
         .collect())
 }
 
+/// A REAL value SQLite can hold: NaN (which SQLite would store as NULL,
+/// breaking `NOT NULL`) is stored as +inf; a diverged cell's losses are.
+fn real(x: f64) -> f64 {
+    if x.is_nan() {
+        f64::INFINITY
+    } else {
+        x
+    }
+}
+
 fn stop_reason_str(r: StopReason) -> &'static str {
     match r {
         StopReason::Converged => "converged",
         StopReason::MaxSteps => "max_steps",
         StopReason::Patience => "patience",
+        StopReason::Diverged => "diverged",
     }
 }
 
@@ -224,6 +235,7 @@ fn parse_stop_reason(path: &Path, s: &str) -> Result<StopReason> {
         "converged" => Ok(StopReason::Converged),
         "max_steps" => Ok(StopReason::MaxSteps),
         "patience" => Ok(StopReason::Patience),
+        "diverged" => Ok(StopReason::Diverged),
         other => Err(CramError::bad_file(
             path,
             format!("unknown stop reason `{other}`"),
@@ -244,22 +256,91 @@ pub fn move_aside(db: &Path, run_dir: &Path) -> Result<Option<PathBuf>> {
     if !db.exists() {
         return Ok(None);
     }
-    Store::open_existing(db)?.checkpoint_and_close()?;
+    // A database SQLite cannot read (corrupt, or not a database) moves
+    // aside as it is, with its log.
+    let readable = Store::open_existing(db).and_then(Store::checkpoint_and_close);
     let old = run_dir.join("old");
     std::fs::create_dir_all(&old)
         .map_err(|e| CramError::bad_file(&old, format!("cannot create: {e}")))?;
     let stem = db.file_stem().and_then(|s| s.to_str()).unwrap_or("results");
-    let to = old.join(format!("{stem}-{}.sqlite", unix_now()));
+    let now = unix_now();
+    // Never over an earlier one: a second move in the same second gets -1, -2, ...
+    let to = (0..)
+        .map(|k| match k {
+            0 => old.join(format!("{stem}-{now}.sqlite")),
+            k => old.join(format!("{stem}-{now}-{k}.sqlite")),
+        })
+        .find(|p| !p.exists() && !side_file(p, "-wal").exists())
+        .expect("some name is free");
     std::fs::rename(db, &to)
         .map_err(|e| CramError::bad_file(db, format!("cannot move to {}: {e}", to.display())))?;
     for ext in ["-wal", "-shm"] {
-        let side = PathBuf::from(format!("{}{ext}", db.display()));
-        if side.exists() {
-            std::fs::remove_file(&side)
-                .map_err(|e| CramError::bad_file(&side, format!("cannot remove: {e}")))?;
+        let side = side_file(db, ext);
+        if !side.exists() {
+            continue;
         }
+        let res = if readable.is_ok() {
+            std::fs::remove_file(&side)
+        } else {
+            std::fs::rename(&side, side_file(&to, ext))
+        };
+        res.map_err(|e| CramError::bad_file(&side, format!("cannot move or remove: {e}")))?;
     }
     Ok(Some(to))
+}
+
+/// The exclusive right to write one results database, held by one process
+/// at a time: an advisory lock on `DB.lock` (which holds the holder's
+/// PID), released when the value is dropped or the process ends, however
+/// it ends.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock of database `db`; when another process holds it, waits
+    /// for it with `wait`, else fails at once naming the holder's PID.
+    pub fn acquire(db: &Path, wait: bool) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        let path = side_file(db, ".lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| CramError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) if wait => {
+                file.lock().map_err(|e| CramError::io(&path, e))?;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                let holder = if pid.is_empty() { "unknown" } else { pid };
+                return Err(CramError::Input(format!(
+                    "{}: another cram process (PID {holder}) is writing this run; wait for it to finish, or pass --wait",
+                    db.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(CramError::io(&path, e)),
+        }
+        let write_pid = (|| -> std::io::Result<()> {
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "{}", std::process::id())?;
+            file.flush()
+        })();
+        write_pid.map_err(|e| CramError::io(&path, e))?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// `db` with `ext` (`-wal`, `-shm`) appended: SQLite's side files.
+fn side_file(db: &Path, ext: &str) -> PathBuf {
+    PathBuf::from(format!("{}{ext}", db.display()))
 }
 
 /// The database file of `shard` (or of an unsharded run) in `run_dir`.
@@ -319,7 +400,58 @@ impl Store {
         })
     }
 
-    /// Opens an existing database (never creates one).
+    /// Opens an existing database for reading only: nothing is written to
+    /// it (no schema, no migration), and a file that is not a cram results
+    /// database (empty, corrupt, another program's) is an error.
+    pub fn open_read(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(CramError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| sql_err(path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(|e| sql_err(path, e))?;
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| sql_err(path, e))?;
+        if !["meta", "cells"]
+            .iter()
+            .all(|t| tables.iter().any(|n| n == t))
+        {
+            return Err(CramError::bad_file(
+                path,
+                "not a cram results database (no `meta` and `cells` tables)",
+            ));
+        }
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The columns to select from `cells` of schema `db` (`main`, or an
+    /// attached one): a database made before the `backend` column has NULL
+    /// there.
+    fn select_columns(&self, db: &str) -> Result<String> {
+        let has = self
+            .conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('cells', '{db}') WHERE name = 'backend'"
+            ))
+            .and_then(|mut st| st.exists([]))
+            .map_err(|e| sql_err(&self.path, e))?;
+        Ok(if has {
+            COLUMNS.to_string()
+        } else {
+            COLUMNS.replace(", backend", ", NULL")
+        })
+    }
+
+    /// Opens an existing database for writing (never creates one).
     pub fn open_existing(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(CramError::NotFound {
@@ -430,10 +562,11 @@ impl Store {
     /// Every finished cell (without vectors), in grid order.
     pub fn records(&self) -> Result<Vec<CellRecord>> {
         let err = |e| sql_err(&self.path, e);
+        let columns = self.select_columns("main")?;
         let mut st = self
             .conn
             .prepare(&format!(
-                "SELECT {COLUMNS} FROM cells ORDER BY model, dataset, length, n_mem, sample_index"
+                "SELECT {columns} FROM cells ORDER BY model, dataset, length, n_mem, sample_index"
             ))
             .map_err(err)?;
         let path = self.path.clone();
@@ -486,10 +619,17 @@ impl Store {
         self.conn
             .execute("ATTACH DATABASE ?1 AS other", [other_str])
             .map_err(|e| sql_err(other, e))?;
+        let columns = match self.select_columns("other") {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.conn.execute("DETACH DATABASE other", []);
+                return Err(e);
+            }
+        };
         let result = (|| -> rusqlite::Result<usize> {
             let tx = self.conn.transaction()?;
             let n = tx.execute(
-                &format!("INSERT OR IGNORE INTO main.cells ({COLUMNS}) SELECT {COLUMNS} FROM other.cells"),
+                &format!("INSERT OR IGNORE INTO main.cells ({COLUMNS}) SELECT {columns} FROM other.cells"),
                 [],
             )?;
             tx.commit()?;
@@ -539,11 +679,11 @@ fn insert_row(
         m.length as i64,
         m.hidden_size as i64,
         m.vocab_size as i64,
-        m.original_loss,
-        m.original_accuracy,
+        real(m.original_loss),
+        real(m.original_accuracy),
         m.original_n_predicted as i64,
-        m.best_loss,
-        m.best_accuracy,
+        real(m.best_loss),
+        real(m.best_accuracy),
         m.n_predicted as i64,
         c.steps as i64,
         c.best_step as i64,
@@ -554,8 +694,8 @@ fn insert_row(
         f32_blob(&c.loss_curve),
         f32_blob(&c.accuracy_curve),
         f32_blob(vectors),
-        c.seconds,
-        c.batch_seconds,
+        real(c.seconds),
+        real(c.batch_seconds),
         c.finished_at,
         c.model_sha256,
         c.config_hash,
@@ -662,7 +802,7 @@ pub fn load_run(run_dir: &Path) -> Result<RunRecords> {
     let mut cells = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for db in &dbs {
-        let store = Store::open_existing(db)?;
+        let store = Store::open_read(db)?;
         let Some(m) = store.meta()? else {
             // A database created but never started (nothing in it).
             continue;

@@ -82,6 +82,7 @@ fn opts(out: &Path, shard: Option<Shard>) -> RunOptions {
         out: out.to_path_buf(),
         shard,
         new: false,
+        wait: false,
     }
 }
 

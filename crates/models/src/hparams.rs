@@ -8,6 +8,20 @@ use serde_json::Value;
 
 use crate::error::{CramError, Result};
 
+/// The largest size a configuration may give (vocabulary, widths, layers,
+/// context): 2^26. Larger values come from corrupt files, and would be
+/// allocated before any weight is read.
+pub const MAX_SIZE: u64 = 1 << 26;
+
+/// `x` as a size, or what is wrong with it.
+fn check_size(x: u64) -> std::result::Result<usize, String> {
+    if x > MAX_SIZE {
+        return Err(format!(
+            "{x} is too large (sizes above 2^26 = {MAX_SIZE} cannot fit in memory; is the file corrupt?)"
+        ));
+    }
+    Ok(x as usize)
+}
 /// Fields of a Hugging Face `config.json`.
 pub struct Json<'a> {
     value: &'a Value,
@@ -67,10 +81,12 @@ impl<'a> Json<'a> {
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.raw(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| self.err(field, "expected a non-negative integer")),
+            Some(v) => {
+                let x = v
+                    .as_u64()
+                    .ok_or_else(|| self.err(field, "expected a non-negative integer"))?;
+                check_size(x).map(Some).map_err(|m| self.err(field, &m))
+            }
         }
     }
 
@@ -178,9 +194,8 @@ impl<'a> Gguf<'a> {
             V::I64(x) => *x,
             _ => return Err(self.err(&key, "expected an integer")),
         };
-        usize::try_from(n)
-            .map(Some)
-            .map_err(|_| self.err(&key, "expected a non-negative integer"))
+        let n = u64::try_from(n).map_err(|_| self.err(&key, "expected a non-negative integer"))?;
+        check_size(n).map(Some).map_err(|m| self.err(&key, &m))
     }
 
     /// An optional float `<arch>.<field>`.

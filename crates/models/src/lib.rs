@@ -330,20 +330,38 @@ pub fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
     })?;
     // A truncated file has a complete header but not all of its tensor data.
     let len = f.metadata().map_err(|e| CramError::io(path, e))?.len();
+    // Every tensor's size, checked before anything multiplies its
+    // dimensions: a zero dimension or a product past u64 is a corrupt file.
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut ends = Vec::with_capacity(names.len());
+    for name in names {
+        let info = &content.tensor_infos[name];
+        let dims = info.shape.dims();
+        let bad = |what: &str| {
+            CramError::bad_file(
+                path,
+                format!("tensor `{name}` has dimensions {dims:?}: {what}"),
+            )
+        };
+        if dims.contains(&0) {
+            return Err(bad("a dimension is 0"));
+        }
+        let elems = dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| bad("their product overflows"))?;
+        let bytes = (elems / info.ggml_dtype.block_size() as u64)
+            .checked_mul(info.ggml_dtype.type_size() as u64);
+        let end = bytes
+            .and_then(|b| b.checked_add(info.offset))
+            .and_then(|e| e.checked_add(content.tensor_data_offset))
+            .ok_or_else(|| bad("its data would end past 2^64 bytes"))?;
+        ends.push((end, name));
+    }
     // Report the tensor that ends last, so the message does not depend on
     // the order of the tensor map.
-    let last = content
-        .tensor_infos
-        .iter()
-        .map(|(name, info)| {
-            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
-                * info.ggml_dtype.type_size();
-            (
-                content.tensor_data_offset + info.offset + bytes as u64,
-                name,
-            )
-        })
-        .max();
+    let last = ends.into_iter().max();
     if let Some((end, name)) = last.filter(|(end, _)| *end > len) {
         return Err(CramError::bad_file(
             path,

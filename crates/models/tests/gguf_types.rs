@@ -2,7 +2,7 @@
 //! Q4_1, Q4_K, Q5_K, Q6_K) is read and dequantised to f32 through the same
 //! path real models take.
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use cram::model::read_gguf;
 use cram::weights::Weights;
@@ -28,15 +28,7 @@ fn every_supported_gguf_type_dequantises_to_f32() {
     for (dtype, bound) in cases {
         let q = QTensor::quantize(&t, dtype).unwrap();
         let path = dir.path().join(format!("{dtype:?}.gguf"));
-        let arch = gguf_file::Value::String("llama".into());
-        let mut f = std::fs::File::create(&path).unwrap();
-        gguf_file::write(
-            &mut f,
-            &[("general.architecture", &arch)],
-            &[("token_embd.weight", &q)],
-        )
-        .unwrap();
-        drop(f);
+        cram_testkit::write_one_tensor_gguf(&path, &q);
         let content = read_gguf(&path).unwrap();
         assert_eq!(content.tensor_infos["token_embd.weight"].ggml_dtype, dtype);
         let w = Weights::from_gguf_named(

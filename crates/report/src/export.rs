@@ -229,6 +229,31 @@ pub fn export(cells: &[CellRecord], format: Format, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Exports the run in the folder `run_dir` to `path`,
+/// refusing to write over any file the run is read from (its databases and
+/// their SQLite side files). Returns the number of cells written.
+pub fn export_run(run_dir: &Path, format: Format, path: &Path) -> Result<usize> {
+    let inputs = cram::store::run_databases(run_dir)?;
+    let out = std::fs::canonicalize(path).ok();
+    for db in &inputs {
+        for f in [db.clone(), side(db, "-wal"), side(db, "-shm")] {
+            if out.is_some() && std::fs::canonicalize(&f).ok() == out {
+                return Err(CramError::bad_file(
+                    path,
+                    "is an input of the export (a results database of the run); refusing to overwrite it",
+                ));
+            }
+        }
+    }
+    let run = cram::store::load_run(run_dir)?;
+    export(&run.cells, format, path)?;
+    Ok(run.cells.len())
+}
+
+fn side(db: &Path, ext: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}{ext}", db.display()))
+}
+
 /// The Parquet schema of [`COLUMNS`].
 fn parquet_schema() -> String {
     let fields: Vec<String> = COLUMNS

@@ -79,6 +79,16 @@ pub fn write_index(
         th = m.threshold,
         bits = m.bits,
     );
+    let diverged = runs
+        .iter()
+        .flat_map(|r| &r.cells)
+        .filter(|c| !c.cell.best_loss.is_finite())
+        .count();
+    if diverged > 0 {
+        s += &format!(
+            "<p class=\"meta\"><b>{diverged} text(s) diverged</b>: their loss with the vectors is not finite (stop reason <code>diverged</code>), which makes the cross-entropy aggregates of their groups non-finite.</p>\n"
+        );
+    }
     s += "<h2>Table 1: capacity per model</h2>\n<p>Token and information gain: mean ± sample standard deviation over the texts with accuracy ≤ the threshold; utilisation: mean token gain / theoretical capacity. Files: <a href=\"table1.md\">table1.md</a>, <a href=\"table1.csv\">table1.csv</a>, <a href=\"cells.csv\">cells.csv</a>.</p>\n";
     s += &table_html(&tables::table1(groups, m), 2);
 

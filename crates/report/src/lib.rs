@@ -43,10 +43,10 @@ pub struct ReportCell {
     #[serde(flatten)]
     pub cell: Cell,
     /// Loss (nats per predicted token) at every step; may be empty.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cram::nonfinite::vec_f32")]
     pub loss_curve: Vec<f32>,
     /// Accuracy at every step; may be empty.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cram::nonfinite::vec_f32")]
     pub accuracy_curve: Vec<f32>,
     /// The text's own token count where it differs from `cell.length`: in a
     /// sweep's report `cell.length` is the grid length the text was cut to
@@ -182,6 +182,9 @@ pub struct ReportSummary {
     pub n_runs: usize,
     /// Cells over all runs.
     pub n_cells: usize,
+    /// Cells whose loss with the vectors is not finite (their optimisation
+    /// diverged); their cross-entropies make the CE aggregates non-finite.
+    pub n_diverged: usize,
     /// The aggregates, one per (model, dataset, vectors).
     pub groups: Vec<GroupSummary>,
     /// Files written, relative to the output folder, `index.html` last.
@@ -331,6 +334,7 @@ pub fn write_report(runs: &[RunData], out_dir: &Path, cfg: &ReportConfig) -> Res
     Ok(ReportSummary {
         n_runs: runs.len(),
         n_cells: cells.len(),
+        n_diverged: flat.iter().filter(|c| !c.best_loss.is_finite()).count(),
         groups,
         files,
         figures: figs,

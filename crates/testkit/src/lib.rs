@@ -33,3 +33,17 @@ pub fn gemma3_gguf() -> PathBuf {
 
 /// Cramming and decoding back.
 pub mod cramming;
+
+/// Writes a GGUF file of architecture `llama` holding one tensor,
+/// `token_embd.weight`.
+pub fn write_one_tensor_gguf(path: &std::path::Path, q: &candle_core::quantized::QTensor) {
+    use candle_core::quantized::gguf_file;
+    let arch = gguf_file::Value::String("llama".into());
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(
+        &mut f,
+        &[("general.architecture", &arch)],
+        &[("token_embd.weight", q)],
+    )
+    .unwrap();
+}

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use cram::engine::{CramConfig, CramResult, Engine, LossConvention};
+use cram::engine::{CramConfig, CramResult, Engine};
 use cram::memfile::{self, MemMeta, ModelIdentity};
 use cram::model::LoadedModel;
 
@@ -37,6 +37,12 @@ pub struct CompressArgs {
     /// Print one JSON object per text, nothing else.
     #[arg(long)]
     pub json: bool,
+    /// Replace output files that hold something else. Without it, a text
+    /// whose output file already holds its vectors (same text, settings and
+    /// model) is skipped, so an interrupted run resumes, and any other
+    /// existing output file is an error.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Runs `cram compress`.
@@ -80,8 +86,41 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
     }
     let identity = ModelIdentity::of(m)?;
     let cfg = engine.config().clone();
-    for (b, chunk) in all_ids.chunks(args.batch).enumerate() {
-        let first = b * args.batch;
+    let path_of = |i: usize| {
+        if many {
+            args.output.join(format!("{i:05}.safetensors"))
+        } else {
+            args.output.clone()
+        }
+    };
+    // Texts whose file already holds their vectors are done; any other
+    // existing file is refused before any compute (unless --overwrite).
+    let mut pending = Vec::new();
+    for (i, ids) in all_ids.iter().enumerate() {
+        let path = path_of(i);
+        let kept = if args.overwrite {
+            None
+        } else {
+            memfile::existing(&path, &identity, &cfg, ids)?
+        };
+        match kept {
+            Some(meta) => report_kept(i, &path, &meta, args.json, quiet),
+            None => pending.push(i),
+        }
+    }
+    // Runs of consecutive texts keep each text's seed stream (`seed + i`).
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    for &i in &pending {
+        match runs.last_mut() {
+            Some(r) if *r.last().expect("runs are non-empty") + 1 == i && r.len() < args.batch => {
+                r.push(i)
+            }
+            _ => runs.push(vec![i]),
+        }
+    }
+    for run in runs {
+        let first = run[0];
+        let chunk: Vec<Vec<u32>> = run.iter().map(|&i| all_ids[i].clone()).collect();
         let bar = if quiet || args.json {
             ProgressBar::hidden()
         } else {
@@ -96,7 +135,7 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
             bar.set_prefix(format!("texts {}..{}", first, first + chunk.len()));
             bar
         };
-        let results = engine.run(chunk, first, |r| {
+        let results = engine.run(&chunk, first, |r| {
             bar.set_position(r.step as u64);
             bar.set_message(format!(
                 "live {}/{} loss {:.4} acc {:.4}",
@@ -106,17 +145,33 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
         bar.finish_and_clear();
         for (k, r) in results.iter().enumerate() {
             let i = first + k;
-            let path = if many {
-                args.output.join(format!("{i:05}.safetensors"))
-            } else {
-                args.output.clone()
-            };
+            let path = path_of(i);
             let meta = MemMeta::new(m, &identity, &cfg, &chunk[k], r);
             memfile::write(&path, &r.vectors, &meta)?;
             report(i, &path, r, m, args.json, quiet)?;
         }
     }
     Ok(())
+}
+
+/// Reports a text whose output file already held its vectors.
+fn report_kept(i: usize, path: &Path, meta: &MemMeta, json: bool, quiet: bool) {
+    if json {
+        let mut v = serde_json::to_value(&meta.metrics).unwrap_or_default();
+        v["index"] = i.into();
+        v["file"] = path.display().to_string().into();
+        v["n_tokens"] = meta.n_tokens.into();
+        v["n_mem"] = meta.n_mem.into();
+        v["kept"] = true.into();
+        println!("{v}");
+    } else if !quiet {
+        println!(
+            "text {i}: already crammed into {} (accuracy {:.4}, {} steps); kept",
+            path.display(),
+            meta.metrics.best_accuracy,
+            meta.metrics.steps
+        );
+    }
 }
 
 fn report(
@@ -154,44 +209,23 @@ fn report(
 
 /// Runs `cram decompress`: prints the decoded text (or JSON).
 pub fn decompress(m: &LoadedModel, file: &Path, json: bool) -> anyhow::Result<()> {
-    let (vectors, meta) = memfile::read(file)?;
-    let identity = ModelIdentity::of(m)?;
-    if !identity.same_model(&meta.model) {
-        anyhow::bail!(
-            "{}: made with model `{}` (weights sha256 {}, tokenizer sha256 {}), but --model `{}` has weights sha256 {} and tokenizer sha256 {}",
+    let d = memfile::decode(m, file)?;
+    if d.non_finite > 0 {
+        eprintln!(
+            "warning: {}: {} vector component(s) are NaN or infinite (the optimisation diverged); the decoding is meaningless",
             file.display(),
-            meta.model.name,
-            meta.model.weights_sha256,
-            meta.model.tokenizer_sha256,
-            identity.name,
-            identity.weights_sha256,
-            identity.tokenizer_sha256
+            d.non_finite
         );
     }
-    let count = meta.loss.n_predicted(meta.n_tokens);
-    let mut ids = cram::engine::decode_vectors(
-        m.model.as_ref(),
-        &vectors,
-        meta.n_mem,
-        meta.loss,
-        meta.first_token,
-        count,
-    )?;
-    if meta.loss == LossConvention::Paper {
-        if let Some(f) = meta.first_token {
-            ids.insert(0, f);
-        }
-    }
-    let matches = memfile::tokens_sha256(&ids) == meta.tokens_sha256;
-    let text = m.tokenizer.decode(&ids, true)?;
+    let text = m.tokenizer.decode(&d.ids, true)?;
     if json {
         println!(
             "{}",
-            serde_json::json!({"token_ids": ids, "text": text, "matches_original": matches})
+            serde_json::json!({"token_ids": d.ids, "text": text, "matches_original": d.matches_original})
         );
     } else {
         println!("{text}");
-        if !matches {
+        if !d.matches_original {
             eprintln!("warning: the decoded tokens differ from the original text's tokens");
         }
     }

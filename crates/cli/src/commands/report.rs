@@ -17,11 +17,11 @@ pub struct ReportArgs {
     /// Output folder (created if needed).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Accuracy threshold for "lossless".
-    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+    /// Accuracy threshold for "lossless", in (0, 1].
+    #[arg(long, default_value_t = DEFAULT_THRESHOLD, value_parser = threshold, allow_hyphen_values = true)]
     pub threshold: f64,
-    /// Bits per vector component in the theoretical capacity.
-    #[arg(long, default_value_t = DEFAULT_BITS)]
+    /// Bits per vector component in the theoretical capacity (positive).
+    #[arg(long, default_value_t = DEFAULT_BITS, value_parser = bits)]
     pub bits: f64,
     /// Draw the optimisation curves of this many texts, chosen by the report.
     #[arg(long, default_value_t = DEFAULT_CURVES, conflicts_with = "curve")]
@@ -33,6 +33,20 @@ pub struct ReportArgs {
     /// Heading of index.html.
     #[arg(long, default_value = "Cramming report")]
     pub title: String,
+}
+
+fn threshold(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t > 0.0 && t <= 1.0 => Ok(t),
+        _ => Err(format!("`{s}` is not an accuracy in (0, 1]")),
+    }
+}
+
+fn bits(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(b) if b.is_finite() && b > 0.0 => Ok(b),
+        _ => Err(format!("`{s}` is not a positive number of bits")),
+    }
 }
 
 /// Runs `cram report`.
@@ -65,6 +79,12 @@ pub fn run(args: &ReportArgs, quiet: bool) -> anyhow::Result<()> {
             s.figures.len(),
             args.output.join(cram_report::html::INDEX).display()
         );
+        if s.n_diverged > 0 {
+            eprintln!(
+                "warning: {} text(s) have a non-finite loss (their optimisation diverged)",
+                s.n_diverged
+            );
+        }
         if let CurveChoice::Select(sels) = &cfg.curves {
             if s.curve_cells.is_empty() {
                 let sels: Vec<String> = sels.iter().map(|s| s.to_string()).collect();

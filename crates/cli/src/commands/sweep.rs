@@ -6,7 +6,6 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use cram::engine::StepReport;
-use cram::store;
 use cram::sweep::{self, Plan, RunOptions, Shard};
 
 /// Options of `cram sweep`.
@@ -29,6 +28,10 @@ pub struct SweepArgs {
     /// shard) to RUN_DIR/old/ instead of resuming it.
     #[arg(long)]
     pub new: bool,
+    /// When another cram process is writing this run folder (and shard),
+    /// wait for it to finish instead of failing at once.
+    #[arg(long)]
+    pub wait: bool,
     /// Device: cpu, or cuda[:N] when built with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -132,6 +135,12 @@ impl sweep::Progress for Bars {
         }
     }
 
+    fn warning(&mut self, message: &str) {
+        if !self.quiet {
+            self.mp.suspend(|| eprintln!("warning: {message}"));
+        }
+    }
+
     fn batch_done(&mut self, cells: usize) {
         if let Some(bar) = self.batch.take() {
             bar.finish_and_clear();
@@ -152,6 +161,7 @@ pub fn sweep(args: &SweepArgs, quiet: bool) -> anyhow::Result<()> {
         out: args.out.clone(),
         shard,
         new: args.new,
+        wait: args.wait,
     };
     let mut load = |spec: &str, dtype: &str| -> cram::Result<cram::model::LoadedModel> {
         model_args(spec, dtype, &args.device)
@@ -198,10 +208,9 @@ pub fn sweep(args: &SweepArgs, quiet: bool) -> anyhow::Result<()> {
 
 /// Runs `cram export`.
 pub fn export(args: &ExportArgs, quiet: bool) -> anyhow::Result<()> {
-    let run = store::load_run(&args.run_dir)?;
-    cram_report::export::export(&run.cells, args.format, &args.output)?;
+    let n = cram_report::export::export_run(&args.run_dir, args.format, &args.output)?;
     if !quiet {
-        println!("{}: {} cells", args.output.display(), run.cells.len());
+        println!("{}: {n} cells", args.output.display());
     }
     Ok(())
 }
@@ -233,6 +242,15 @@ pub fn check(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
         );
         if let Some(n) = s.grid_cells {
             msg += &format!(", the grid's {n} cells complete");
+        }
+        if s.diverged > 0 {
+            msg += &format!("; {} cell(s) diverged (non-finite loss)", s.diverged);
+        }
+        if s.short > 0 {
+            msg += &format!(
+                "; {} cell(s) of texts shorter than their length (real token counts in n_tokens)",
+                s.short
+            );
         }
         println!("{msg}");
     }

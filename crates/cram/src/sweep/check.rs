@@ -17,6 +17,10 @@ pub struct CheckSummary {
     pub cells: usize,
     /// With a configuration: its grid's cell count (all present).
     pub grid_cells: Option<usize>,
+    /// Cells whose optimisation diverged (a NaN or infinite loss).
+    pub diverged: usize,
+    /// Cells whose text has fewer tokens than the length it was cut to.
+    pub short: usize,
 }
 
 /// Checks `run_dir`: integrity of every database, no duplicate cells, and
@@ -32,7 +36,7 @@ pub fn check(run_dir: &Path, config: Option<&Path>) -> Result<CheckSummary> {
     }
     let mut started = false;
     for db in &dbs {
-        let st = Store::open_existing(db)?;
+        let st = Store::open_read(db)?;
         let ic = st.integrity_check()?;
         if ic != "ok" {
             return Err(CramError::bad_file(
@@ -87,5 +91,13 @@ pub fn check(run_dir: &Path, config: Option<&Path>) -> Result<CheckSummary> {
         databases: dbs.len(),
         cells: cells.len(),
         grid_cells,
+        diverged: cells
+            .iter()
+            .filter(|c| c.stop_reason == crate::engine::StopReason::Diverged)
+            .count(),
+        short: cells
+            .iter()
+            .filter(|c| c.cell.length < c.grid_length)
+            .count(),
     })
 }

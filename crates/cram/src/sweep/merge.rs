@@ -43,7 +43,7 @@ pub fn merge(inputs: &[PathBuf], output: &Path) -> Result<MergeSummary> {
     let mut metas: Vec<(PathBuf, RunMeta)> = Vec::new();
     let mut started = Vec::new();
     for db in &dbs {
-        let st = Store::open_existing(db)?;
+        let st = Store::open_read(db)?;
         let Some(m) = st.meta()? else {
             // Created by a run killed before it recorded its configuration.
             if st.count()? > 0 {
@@ -71,8 +71,9 @@ pub fn merge(inputs: &[PathBuf], output: &Path) -> Result<MergeSummary> {
     std::fs::create_dir_all(output)
         .map_err(|e| CramError::bad_file(output, format!("cannot create folder: {e}")))?;
     let out = output.join(store::DB_NAME);
+    let _lock = store::RunLock::acquire(&out, false)?;
     if out.exists() {
-        if let Some(m) = Store::open_existing(&out)?.meta()? {
+        if let Some(m) = Store::open_read(&out)?.meta()? {
             if m.config_hash != meta.config_hash {
                 return Err(CramError::bad_file(
                     &out,

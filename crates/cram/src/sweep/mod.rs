@@ -399,6 +399,12 @@ fn rebase(base: &Path, p: &Path) -> PathBuf {
 }
 
 impl Dataset {
+    /// Whether the texts are random word sequences (whose token budgets may
+    /// be below the cell's length by design).
+    pub fn is_random(&self) -> bool {
+        matches!(self.texts, Texts::Random { .. })
+    }
+
     fn load(d: &DatasetConfig, base: &Path, samples: usize) -> Result<Self> {
         let ctx = |e: CramError| CramError::Input(format!("data set `{}`: {e}", d.name));
         let random = match (&d.builtin, &d.random) {

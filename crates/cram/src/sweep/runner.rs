@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub shard: Option<Shard>,
     /// Move an existing database of this folder (and shard) aside first.
     pub new: bool,
+    /// When another process is writing the same database, wait for it
+    /// instead of failing at once.
+    pub wait: bool,
 }
 
 /// What a running sweep reports; every method has an empty default.
@@ -85,6 +88,8 @@ pub trait Progress {
     fn step(&mut self, _report: &StepReport) {}
     /// The batch's `cells` are committed.
     fn batch_done(&mut self, _cells: usize) {}
+    /// Something the user should know that does not stop the run.
+    fn warning(&mut self, _message: &str) {}
 }
 
 /// Reports nothing.
@@ -180,13 +185,19 @@ pub fn run(
         std::fs::create_dir_all(&opts.out)
             .map_err(|e| CramError::bad_file(&opts.out, format!("cannot create folder: {e}")))
     };
-    if opts.new {
+    // One writer per database: taken before anything is read or moved.
+    let _lock = if opts.out.is_dir() || opts.new {
         create_out()?;
+        Some(store::RunLock::acquire(&db, opts.wait)?)
+    } else {
+        None
+    };
+    if opts.new {
         if let Some(to) = store::move_aside(&db, &opts.out)? {
             progress.moved_aside(&to);
         }
     } else if db.exists() {
-        let st = Store::open_existing(&db)?;
+        let st = Store::open_read(&db)?;
         if let Some(m) = st.meta()? {
             if m.config_hash != config_hash {
                 return Err(CramError::Input(format!(
@@ -199,7 +210,7 @@ pub fn run(
         }
     }
     let done = if db.exists() {
-        Store::open_existing(&db)?.done()?
+        Store::open_read(&db)?.done()?
     } else {
         HashMap::new()
     };
@@ -221,8 +232,12 @@ pub fn run(
         by_model[c.model].push(c);
     }
     // The store is created once the first model passed its checks.
-    let open_store = || -> Result<Store> {
+    let mut late_lock = None;
+    let mut open_store = || -> Result<Store> {
         create_out()?;
+        if _lock.is_none() && late_lock.is_none() {
+            late_lock = Some(store::RunLock::acquire(&db, opts.wait)?);
+        }
         let mut st = Store::open(&db)?;
         if st.meta()?.is_none() {
             st.init_meta(&RunMeta {
@@ -248,6 +263,22 @@ pub fn run(
             format!("{}: model `{spec}`", p.path.display()),
         )?;
         let tokens = prepare(p, &lm, chunks, &done)?;
+        let mut short: std::collections::BTreeMap<(usize, usize), usize> = Default::default();
+        for c in chunks.iter().filter(|c| !p.datasets[c.dataset].is_random()) {
+            let ids = &tokens[&(c.dataset, c.length)];
+            let n = c
+                .samples
+                .clone()
+                .filter(|&s| ids[s].len() < c.length)
+                .count();
+            *short.entry((c.dataset, c.length)).or_default() += n;
+        }
+        for ((d, length), n) in short.into_iter().filter(|(_, n)| *n > 0) {
+            progress.warning(&format!(
+                "model `{spec}`, data set `{}`, length {length}: {n} cell(s) of texts with fewer tokens than the length; they hold the real token count (n_tokens)",
+                p.datasets[d].name
+            ));
+        }
         let identity = ModelIdentity::of(&lm)?;
         let info = lm.model.info();
         let backend = serde_json::to_string(&info.backend()).expect("a backend serialises");

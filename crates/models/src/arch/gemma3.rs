@@ -348,8 +348,11 @@ impl Gemma3Config {
 
     fn validate(&self, source: &str) -> Result<()> {
         let bad = |field: &str, msg: String| Err(CramError::bad_config(source, field, msg));
-        if self.num_heads == 0 || self.num_kv_heads == 0 {
+        if self.num_heads == 0 {
             return bad("num_attention_heads", "must be positive".into());
+        }
+        if self.num_kv_heads == 0 {
+            return bad("num_key_value_heads", "must be positive".into());
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
@@ -433,7 +436,7 @@ impl Gemma3 {
         drop(emb_f32);
         let add_one = !cfg.norms_include_one;
         let norm = |name: &str, dim: usize| Norm::rms(w, name, dim, cfg.rms_norm_eps, add_one);
-        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut layers = Vec::new();
         for (i, &sliding) in cfg.sliding.iter().enumerate() {
             let p = format!("model.layers.{i}");
             let proj = |name: &str, in_d: usize, out_d: usize| {

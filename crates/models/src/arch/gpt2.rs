@@ -188,7 +188,7 @@ impl Gpt2 {
             offset: 0,
         };
         let head_dim = h / cfg.num_heads;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut layers = Vec::new();
         for i in 0..cfg.num_layers {
             let l = format!("{p}h.{i}");
             let qkv = proj(&format!("{l}.attn.c_attn"), h, 3 * h)?.split_rows(&[h, h, h])?;

@@ -232,7 +232,7 @@ impl GptNeoX {
         let embed = Embedding {
             w: w.place(&emb_f32)?,
         };
-        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut layers = Vec::new();
         for i in 0..cfg.num_layers {
             let p = format!("gpt_neox.layers.{i}");
             let qkv_name = format!("{p}.attention.query_key_value");

@@ -223,8 +223,11 @@ impl LlamaConfig {
 
     fn validate(&self, source: &str) -> Result<()> {
         let bad = |field: &str, msg: String| Err(CramError::bad_config(source, field, msg));
-        if self.num_heads == 0 || self.num_kv_heads == 0 {
+        if self.num_heads == 0 {
             return bad("num_attention_heads", "must be positive".into());
+        }
+        if self.num_kv_heads == 0 {
+            return bad("num_key_value_heads", "must be positive".into());
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
@@ -305,7 +308,7 @@ impl Llama {
         if let Some(f) = w.get_f32_opt("rope_freqs.weight", &[cfg.head_dim / 2])? {
             rotary = rotary.scale_by(&f.to_vec1::<f32>()?);
         }
-        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut layers = Vec::new();
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
             let proj = |name: &str, in_d: usize, out_d: usize, heads: Option<usize>| {

@@ -357,7 +357,7 @@ impl Mamba {
         } else {
             DType::F32
         };
-        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut layers = Vec::new();
         for i in 0..cfg.num_layers {
             let p = format!("{layers_name}.{i}");
             let m = format!("{p}.mixer");

@@ -178,7 +178,7 @@ impl Opt {
             )
         };
         let head_dim = h / cfg.num_heads;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut layers = Vec::new();
         for i in 0..cfg.num_layers {
             let l = format!("{p}.layers.{i}");
             let lin = |name: &str, i: usize, o: usize| {
