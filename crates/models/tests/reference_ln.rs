@@ -11,10 +11,7 @@ use cram_testkit as common;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use common::reference::{
-    check_outputs, check_sizes, fixture_dir, ids, load, logits_for, max_abs_diff, Checks,
-    Reference, LOGITS_TOL,
-};
+use common::reference::{fixture_dir, ids, load, logits_for, max_abs_diff, Reference, LOGITS_TOL};
 use cram::model::hparams::Json as HpJson;
 use cram::model::LoadedModel;
 use cram::weights::Weights;
@@ -22,14 +19,7 @@ use serde_json::Value as Json;
 
 /// Every reference check of `m` against fixture `r`.
 fn run_all(name: &str, m: &LoadedModel, r: &Reference) {
-    let mut c = Checks {
-        model: name.to_string(),
-        ..Default::default()
-    };
-    check_outputs(&mut c, name, m, r, true);
-    let arch = r.json["config"]["model_type"].as_str().expect("model_type");
-    check_sizes(&mut c, name, m, r, arch);
-    c.finish();
+    common::reference::run_all(name, m, r, true);
 }
 
 fn check_folder(name: &str) {

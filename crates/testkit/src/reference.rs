@@ -132,8 +132,18 @@ impl Checks {
 
 /// Loads `spec` on the CPU in float32, the way the command line does.
 pub fn load(spec: &Path) -> LoadedModel {
+    load_with(spec, cram::kernels::Kernels::default())
+}
+
+/// Loads `spec` on the CPU in float32 with the given kernels
+/// ([`cram::kernels::Kernels::composed`]: the path a GPU runs).
+pub fn load_with(spec: &Path, kernels: cram::kernels::Kernels) -> LoadedModel {
     let spec = spec.to_str().expect("a UTF-8 path");
-    model::load(spec, &LoadOptions::default()).unwrap_or_else(|e| panic!("cannot load {spec}: {e}"))
+    let opts = LoadOptions {
+        kernels,
+        ..LoadOptions::default()
+    };
+    model::load(spec, &opts).unwrap_or_else(|e| panic!("cannot load {spec}: {e}"))
 }
 
 /// Logits `[T, V]` of one unpadded sequence.
@@ -413,7 +423,8 @@ pub fn check_sizes(c: &mut Checks, name: &str, m: &LoadedModel, r: &Reference, a
 }
 
 /// Every check of a fixture: outputs against `transformers` and sizes, for
-/// the architecture the fixture names (Llama when it names none).
+/// the architecture the fixture names (its `architecture`, else its
+/// config's `model_type`, else Llama).
 pub fn run_all(name: &str, m: &LoadedModel, r: &Reference, check_tokenizer_list: bool) {
     let mut c = Checks {
         model: name.to_string(),
@@ -421,6 +432,7 @@ pub fn run_all(name: &str, m: &LoadedModel, r: &Reference, check_tokenizer_list:
     };
     let arch = r.json["architecture"]
         .as_str()
+        .or(r.json["config"]["model_type"].as_str())
         .unwrap_or("llama")
         .to_string();
     check_outputs(&mut c, name, m, r, check_tokenizer_list);
