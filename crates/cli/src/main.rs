@@ -129,20 +129,7 @@ impl ModelArgs {
             "f16" => candle_core::DType::F16,
             other => anyhow::bail!("--dtype: unknown dtype `{other}` (expected f32, bf16 or f16)"),
         };
-        let device = match self.device.as_str() {
-            "cpu" => candle_core::Device::Cpu,
-            d if d.starts_with("cuda") => {
-                let idx = d
-                    .strip_prefix("cuda:")
-                    .map(str::parse)
-                    .transpose()
-                    .context("--device: expected cuda or cuda:N")?
-                    .unwrap_or(0);
-                candle_core::Device::new_cuda(idx)
-                    .context("--device: cannot open the CUDA device")?
-            }
-            other => anyhow::bail!("--device: unknown device `{other}` (expected cpu or cuda[:N])"),
-        };
+        let device = model::open_device(&self.device).context("--device")?;
         Ok(model::load(
             &self.model,
             &LoadOptions {

@@ -136,6 +136,25 @@ fn model_files_that_would_crash_or_exhaust_memory_are_refused() {
     }
 }
 
+#[test]
+fn devices_that_cannot_be_opened_are_errors() {
+    let model = fixture_dir("llama_gqa_tied");
+    let tmp = TempDir::new().unwrap();
+    // This build has no CUDA (or this machine no driver): a clear error, never
+    // a panic inside the CUDA loader.
+    for (dev, needle) in [
+        ("cuda", "cuda"),
+        ("cuda:x", "cuda:N"),
+        ("gpu", "unknown device"),
+    ] {
+        refused(
+            tmp.path(),
+            &["inspect", "--model", path_str(&model), "--device", dev],
+            &["--device", needle],
+        );
+    }
+}
+
 /// `--text ... --tokens 8 --max-steps 10` on the tiny fixture, into `out`.
 fn compress_args<'a>(model: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![

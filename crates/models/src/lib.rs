@@ -275,6 +275,49 @@ impl Default for LoadOptions {
     }
 }
 
+/// Opens the device `spec` names: `cpu`, `cuda` or `cuda:N`.
+///
+/// # Errors
+/// An unknown name; a CUDA device in a build without the `cuda` feature, on
+/// a machine without the NVIDIA driver (`libcuda`), or that cannot be opened.
+pub fn open_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        d if d == "cuda" || d.starts_with("cuda:") => {
+            let idx = match d.strip_prefix("cuda:") {
+                None => 0,
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| CramError::Input(format!("`{d}`: expected cuda or cuda:N")))?,
+            };
+            if cfg!(feature = "cuda") {
+                // The CUDA libraries are loaded at run time, and a missing
+                // driver library would abort inside the loader: look first.
+                const DRIVER: &[&str] = &["libcuda.so.1", "libcuda.so"];
+                // SAFETY: loading the driver runs its initialisers, which have
+                // no preconditions; the handle is dropped at once.
+                let found = DRIVER
+                    .iter()
+                    .any(|n| unsafe { libloading::Library::new(*n) }.is_ok());
+                if !found {
+                    return Err(CramError::Input(format!(
+                        "`{d}`: no NVIDIA driver here (libcuda.so.1 cannot be loaded)"
+                    )));
+                }
+            }
+            Device::new_cuda(idx).map_err(|e| {
+                CramError::Input(format!(
+                    "`{d}`: cannot open the CUDA device: {}",
+                    candle_message(e)
+                ))
+            })
+        }
+        other => Err(CramError::Input(format!(
+            "unknown device `{other}` (expected cpu or cuda[:N])"
+        ))),
+    }
+}
+
 /// A device's name as cram writes it: `cpu`, `cuda:N`, `metal:N`.
 pub fn device_name(device: &Device) -> String {
     match device.location() {
