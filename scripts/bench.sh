@@ -136,10 +136,13 @@ for r in sorted((r for r in rows if r["impl"] == "cram" and r["bench"] == "cram"
       f"{fh(t['texts_per_hour'])} | {ratio(r['texts_per_hour'], t['texts_per_hour'])} | "
       f"{fh(t['texts_per_hour_no_reload'])} | {ratio(r['texts_per_hour'], t['texts_per_hour_no_reload'])} |")
 loads = sorted({round(r["load_s"], 1) for r in rows if r["impl"] == "pytorch" and "load_s" in r})
-fin = [f"B={r['batch']} L={r['len']}: {r['finish_s']:.1f} s" for r in rows if r["impl"] == "cram" and r["bench"] == "cram"]
+fin = [f"B={r['batch']} L={r['len']}: {r['finish_s']:.1f} s ({r['finish_steps']:.1f} steps' worth, "
+       f"{100 * r['finish_share']:.2f}% of the batch's cramming time at S = {S})"
+       for r in rows if r["impl"] == "cram" and r["bench"] == "cram"]
 p("")
 p(f"PyTorch model load (the seed protocol pays it per text): {', '.join(f'{x} s' for x in loads)}. "
-  f"cram's work after the last step of a batch (metrics without vectors, greedy decode-back), "
+  f"cram's work after the last step of a batch (metrics without vectors, greedy decode-back of all "
+  f"its texts at once with one KV cache), "
   f"not counted above: {'; '.join(fin)}.")
 print("\n".join(out))
 EOF

@@ -107,8 +107,9 @@ fn main() -> anyhow::Result<()> {
                 max_steps: a.max_steps,
                 ..OptimizerConfig::default()
             },
+            ..CramConfig::default()
         };
-        let engine = Engine::new(m.model.as_ref(), cfg)?;
+        let engine = Engine::new(&m, cfg)?;
         for &len in &a.lengths {
             // Texts shorter than `len` are left out at that length.
             let (which, batch): (Vec<usize>, Vec<Vec<u32>>) = ids

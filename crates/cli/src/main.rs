@@ -47,7 +47,7 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
-        args: commands::compress::CompressArgs,
+        args: Box<commands::compress::CompressArgs>,
     },
     /// Regenerate the text from a file written by `cram compress`.
     Decompress {
@@ -155,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // The trained vectors are input embeddings (narrower than the
             // residual stream for OPT's `word_embed_proj_dim`).
             let capacity = model::theoretical_capacity(info.input_size, info.vocab_size, 1, 16.0);
+            let layout = cram::layout::Sink::Auto.resolve(&m.tokenizer)?;
             if json {
                 let mut v = serde_json::to_value(info)?;
                 v["model"] = m.spec.clone().into();
@@ -162,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 v["bos_id"] = m.tokenizer.bos_id().into();
                 v["eos_id"] = m.tokenizer.eos_id().into();
                 v["adds_bos"] = m.tokenizer.adds_bos().into();
+                v["auto_layout"] = serde_json::to_value(&layout)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("model:            {}", m.spec);
@@ -193,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     m.tokenizer.eos_id(),
                     m.tokenizer.adds_bos()
                 );
+                println!("sink (auto):      {}", layout.describe());
                 println!("capacity:         {capacity:.1} tokens per 16-bit vector (input size * 16 / log2(vocab))");
             }
         }

@@ -195,6 +195,12 @@ fn compress_refuses_bad_settings_and_texts() {
         (&["--eps", "0"], &["eps", "> 0"]),
         (&["--beta1", "1"], &["beta1", "[0, 1)"]),
         (&["--max-steps", "0"], &["max_steps", "at least 1"]),
+        (&["--sink", "no such token"], &["sink", "not a token"]),
+        (&["--sink", "99999999"], &["sink", "outside the vocabulary"]),
+        (
+            &["--init", "token:99999999"],
+            &["initialisation", "outside the vocabulary"],
+        ),
     ];
     for (extra, needles) in cases {
         refused(tmp.path(), &compress_args(model, out_s, extra), needles);
@@ -275,6 +281,14 @@ fn decompress_checks_the_token_count_and_warns_of_non_finite_vectors() {
     let tmp = TempDir::new().unwrap();
     let good = tmp.path().join("good.safetensors");
     ok(&cram(&compress_args(model, path_str(&good), &[]), &[]));
+    let f = tmp.path().join("sink.safetensors");
+    fs::copy(&good, &f).unwrap();
+    edit_memfile(&f, |m| m["layout"]["sink"] = 99_999_999.into(), |x| x);
+    refused(
+        tmp.path(),
+        &["decompress", "--model", model, path_str(&f)],
+        &["sink.safetensors", "layout.sink", "vocabulary"],
+    );
     for n in [1_000_000_000u64, 5000, 0] {
         let f = tmp.path().join(format!("n{n}.safetensors"));
         fs::copy(&good, &f).unwrap();

@@ -15,7 +15,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CramError, Result};
-use crate::generate::greedy_from_embeds;
+use crate::layout::{Layout, Sink};
 use crate::model::CausalLm;
 use crate::ops;
 
@@ -75,47 +75,25 @@ impl LossConvention {
 /// `cram compress`'s flags are this struct.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct OptimizerConfig {
     /// AdamW learning rate.
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = OptimizerConfig::default().lr))]
     pub lr: f64,
     /// AdamW first-moment decay.
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = OptimizerConfig::default().beta1))]
     pub beta1: f64,
     /// AdamW second-moment decay.
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = OptimizerConfig::default().beta2))]
     pub beta2: f64,
     /// AdamW epsilon.
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = OptimizerConfig::default().eps))]
     pub eps: f64,
     /// AdamW decoupled weight decay.
-    #[cfg_attr(
-        feature = "clap",
-        arg(long, default_value_t = OptimizerConfig::default().weight_decay)
-    )]
     pub weight_decay: f64,
     /// Linear learning-rate warm-up over this many steps (0: none).
-    #[cfg_attr(
-        feature = "clap",
-        arg(long = "warmup", value_name = "STEPS", default_value_t = OptimizerConfig::default().warmup_steps)
-    )]
     pub warmup_steps: usize,
     /// If set, the learning rate follows a cosine from `lr` down to this
     /// value over `max_steps` (after the warm-up); constant otherwise.
-    #[cfg_attr(feature = "clap", arg(long))]
     pub min_lr: Option<f64>,
     /// Most optimisation steps per text (the paper's `num_iterations`).
-    #[cfg_attr(
-        feature = "clap",
-        arg(long, default_value_t = OptimizerConfig::default().max_steps)
-    )]
     pub max_steps: usize,
     /// Stop a text after this many steps without an accuracy improvement.
-    #[cfg_attr(
-        feature = "clap",
-        arg(long, default_value_t = OptimizerConfig::default().patience)
-    )]
     pub patience: usize,
 }
 
@@ -185,24 +163,88 @@ impl OptimizerConfig {
     }
 }
 
-/// Engine settings: the vectors, the loss, the seed and the optimiser.
+/// How the vectors start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Init {
+    /// `randn * std` of the token embeddings, a stream per text (the paper).
+    #[default]
+    Randn,
+    /// The mean of all token embeddings, the same for every text.
+    Mean,
+    /// The embedding of this token id.
+    Token(u32),
+}
+
+impl std::str::FromStr for Init {
+    type Err = CramError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "randn" => Ok(Self::Randn),
+            "mean" => Ok(Self::Mean),
+            t => t
+                .strip_prefix("token:")
+                .and_then(|id| id.parse().ok())
+                .map(Self::Token)
+                .ok_or_else(|| {
+                    CramError::Input(format!(
+                        "unknown initialisation `{t}` (expected randn, mean or token:ID)"
+                    ))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Init {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Randn => f.write_str("randn"),
+            Self::Mean => f.write_str("mean"),
+            Self::Token(id) => write!(f, "token:{id}"),
+        }
+    }
+}
+
+impl Serialize for Init {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Init {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Engine settings: the protocol they started from, the vectors, the
+/// layout, the loss, the seed, the initialisation and the optimiser.
+///
+/// `Default` is the paper's optimiser with the `full` loss, no sink and
+/// `randn` initialisation (the settings before protocols existed); programs
+/// start from a [`Protocol`](crate::protocol::Protocol) instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct CramConfig {
+    /// The protocol these settings started from (`None` in files written
+    /// before protocols existed); individual settings may differ from it.
+    pub protocol: Option<crate::protocol::Protocol>,
     /// Number of trainable vectors per text.
-    #[cfg_attr(feature = "clap", arg(long = "mem", value_name = "N", default_value_t = CramConfig::default().n_mem))]
     pub n_mem: usize,
+    /// What stands in front of the vectors (files written before sinks
+    /// existed read as `none`).
+    #[serde(default = "Sink::none")]
+    pub sink: Sink,
+    /// How the vectors start.
+    pub init: Init,
     /// AdamW and stopping settings (stored flat beside the other fields).
     #[serde(flatten)]
-    #[cfg_attr(feature = "clap", command(flatten))]
     pub optimizer: OptimizerConfig,
     /// Which positions the loss covers: full (the vectors alone decode the
     /// text) or paper (the first text token is given).
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = CramConfig::default().loss))]
     pub loss: LossConvention,
     /// Seed of the initial vectors.
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = CramConfig::default().seed))]
     pub seed: u64,
 }
 
@@ -217,7 +259,10 @@ impl CramConfig {
 impl Default for CramConfig {
     fn default() -> Self {
         Self {
+            protocol: None,
             n_mem: 1,
+            sink: Sink::None,
+            init: Init::Randn,
             optimizer: OptimizerConfig::default(),
             loss: LossConvention::Full,
             seed: 42,
@@ -347,48 +392,132 @@ pub fn original_metrics(model: &dyn CausalLm, ids: &[u32]) -> Result<(f64, f64, 
     ))
 }
 
-/// Greedy decoding from vectors `[n_mem, input_size]` alone (`full`), or
-/// from the vectors and the text's first token (`paper`): `count` token ids.
+/// One text to decode back: its vectors `[n_mem, input_size]` (row-major),
+/// the text's first token (the `paper` convention gives it) and the number
+/// of ids to decode.
+pub struct DecodeItem<'v> {
+    /// The vectors.
+    pub vectors: &'v [f32],
+    /// The text's first token, for the `paper` convention.
+    pub first_token: Option<u32>,
+    /// Ids to decode.
+    pub count: usize,
+}
+
+/// Greedy decoding of a batch of texts from the layout's fixed prefix and
+/// each text's vectors (`full`), or from these and the text's first token
+/// (`paper`), all texts at once with one KV cache: each item's `count` ids.
+pub fn decode_batch(
+    model: &dyn CausalLm,
+    layout: &Layout,
+    n_mem: usize,
+    loss: LossConvention,
+    items: &[DecodeItem<'_>],
+) -> Result<Vec<Vec<u32>>> {
+    let dev = model.device();
+    let h = model.info().input_size;
+    let Some(max) = items.iter().map(|it| it.count).max() else {
+        return Ok(Vec::new());
+    };
+    let mut rows = Vec::with_capacity(items.len());
+    for it in items {
+        if it.vectors.len() != n_mem * h {
+            return Err(CramError::Input(format!(
+                "{} vectors of width {} do not fit a model whose input width is {h}",
+                n_mem,
+                it.vectors.len() / n_mem.max(1)
+            )));
+        }
+        let mut ids: Vec<u32> = layout.sink.into_iter().collect();
+        let mem = Tensor::from_slice(it.vectors, (n_mem, h), dev)?.to_dtype(model.dtype())?;
+        let mut parts = Vec::with_capacity(3);
+        if !ids.is_empty() {
+            parts.push(
+                model
+                    .embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?
+                    .squeeze(0)?,
+            );
+        }
+        parts.push(mem);
+        if loss == LossConvention::Paper {
+            let first = it.first_token.ok_or_else(|| {
+                CramError::Input("the paper convention needs the text's first token".into())
+            })?;
+            ids.clear();
+            ids.push(first);
+            parts.push(
+                model
+                    .embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?
+                    .squeeze(0)?,
+            );
+        }
+        rows.push(Tensor::cat(&parts, 0)?);
+    }
+    let prefix = Tensor::stack(&rows, 0)?;
+    let mut out = crate::generate::greedy_batch_from_embeds(model, &prefix, max)?;
+    for (o, it) in out.iter_mut().zip(items) {
+        o.truncate(it.count);
+    }
+    Ok(out)
+}
+
+/// Greedy decoding of one text, see [`decode_batch`].
 pub fn decode_vectors(
     model: &dyn CausalLm,
+    layout: &Layout,
     vectors: &[f32],
     n_mem: usize,
     loss: LossConvention,
     first_token: Option<u32>,
     count: usize,
 ) -> Result<Vec<u32>> {
-    let dev = model.device();
-    let h = model.info().input_size;
-    if vectors.len() != n_mem * h {
-        return Err(CramError::Input(format!(
-            "{} vectors of width {} do not fit a model whose input width is {h}",
-            n_mem,
-            vectors.len() / n_mem.max(1)
-        )));
-    }
-    let mem = Tensor::from_slice(vectors, (1, n_mem, h), dev)?.to_dtype(model.dtype())?;
-    let prefix = match loss {
-        LossConvention::Full => mem,
-        LossConvention::Paper => {
-            let first = first_token.ok_or_else(|| {
-                CramError::Input("the paper convention needs the text's first token".into())
-            })?;
-            let e = model.embed(&Tensor::new(&[[first]], dev)?)?;
-            Tensor::cat(&[&mem, &e], 1)?
-        }
+    let item = DecodeItem {
+        vectors,
+        first_token,
+        count,
     };
-    greedy_from_embeds(model, &prefix, count, &[])
+    Ok(decode_batch(model, layout, n_mem, loss, &[item])?
+        .pop()
+        .unwrap_or_default())
 }
 
-/// The engine: a model and settings.
+/// The mean of the model's input embeddings over its whole vocabulary.
+pub fn mean_embedding(model: &dyn CausalLm) -> Result<Vec<f32>> {
+    let info = model.info();
+    let (v, h) = (info.vocab_size, info.input_size);
+    let dev = model.device();
+    let mut sum = Tensor::zeros(h, DType::F32, dev)?;
+    let chunk = 4096;
+    for start in (0..v).step_by(chunk) {
+        let ids: Vec<u32> = (start..(start + chunk).min(v)).map(|i| i as u32).collect();
+        let e = model.embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?;
+        sum = (sum + e.to_dtype(DType::F32)?.squeeze(0)?.sum(0)?)?;
+    }
+    Ok((sum / v as f64)?.to_vec1()?)
+}
+
+/// The engine: a model, its layout and settings.
 pub struct Engine<'a> {
     model: &'a dyn CausalLm,
     cfg: CramConfig,
+    layout: Layout,
+    /// The sink's embedding `[1, input_size]`, if there is a sink.
+    sink: Option<Tensor>,
+    /// The start shared by every text (`mean` and `token` initialisation).
+    start: Option<Vec<f32>>,
 }
 
 impl<'a> Engine<'a> {
-    /// An engine for `model` with settings `cfg`.
-    pub fn new(model: &'a dyn CausalLm, cfg: CramConfig) -> Result<Self> {
+    /// An engine for a loaded model with settings `cfg`; the sink setting
+    /// is resolved with the model's tokenizer.
+    pub fn new(m: &'a crate::model::LoadedModel, cfg: CramConfig) -> Result<Self> {
+        let layout = cfg.sink.resolve(&m.tokenizer)?;
+        Self::with_layout(m.model.as_ref(), cfg, layout)
+    }
+
+    /// An engine for `model` with settings `cfg` and `layout`, the
+    /// resolution of `cfg.sink` for the model's tokenizer.
+    pub fn with_layout(model: &'a dyn CausalLm, cfg: CramConfig, layout: Layout) -> Result<Self> {
         if cfg.n_mem == 0 {
             return Err(CramError::Input("n_mem must be at least 1".into()));
         }
@@ -397,7 +526,41 @@ impl<'a> Engine<'a> {
                 "invalid optimiser setting {field}: {msg}"
             )));
         }
-        Ok(Self { model, cfg })
+        let info = model.info();
+        let dev = model.device();
+        let embed_one = |id: u32, what: &str| -> Result<Tensor> {
+            if id as usize >= info.vocab_size {
+                return Err(CramError::Input(format!(
+                    "{what} token id {id} is outside the vocabulary ({} tokens)",
+                    info.vocab_size
+                )));
+            }
+            Ok(model.embed(&Tensor::new(&[[id]], dev)?)?.squeeze(0)?)
+        };
+        let sink = layout.sink.map(|id| embed_one(id, "sink")).transpose()?;
+        let one = match cfg.init {
+            Init::Randn => None,
+            Init::Mean => Some(mean_embedding(model)?),
+            Init::Token(id) => Some(
+                embed_one(id, "initialisation")?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            ),
+        };
+        let start = one.map(|v| v.repeat(cfg.n_mem));
+        Ok(Self {
+            model,
+            cfg,
+            layout,
+            sink,
+            start,
+        })
+    }
+
+    /// The layout: what stands in front of the vectors.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// The settings.
@@ -419,11 +582,12 @@ impl<'a> Engine<'a> {
             )));
         }
         let ctx = self.model.info().context_length;
-        if ids.len() + self.cfg.n_mem > ctx {
+        if ids.len() + self.cfg.n_mem + self.layout.prefix_len() > ctx {
             return Err(CramError::Input(format!(
-                "text has {} tokens; with {} vectors that exceeds the model's context length {ctx}",
+                "text has {} tokens; with {} vectors (and the layout's {} fixed token(s)) that exceeds the model's context length {ctx}",
                 ids.len(),
-                self.cfg.n_mem
+                self.cfg.n_mem,
+                self.layout.prefix_len()
             )));
         }
         Ok(())
@@ -452,7 +616,12 @@ impl<'a> Engine<'a> {
             .enumerate()
             .map(|(i, ids)| Slot {
                 ids: ids.clone(),
-                params: initial_vectors(self.cfg.seed, first_index + i, n * h, info.embedding_std),
+                params: match &self.start {
+                    Some(v) => v.clone(),
+                    None => {
+                        initial_vectors(self.cfg.seed, first_index + i, n * h, info.embedding_std)
+                    }
+                },
                 m: vec![0.0; n * h],
                 v: vec![0.0; n * h],
                 t: 0,
@@ -530,7 +699,7 @@ impl<'a> Engine<'a> {
                 mean_accuracy: accs.iter().sum::<f64>() / nl,
             });
         }
-        slots.into_iter().map(|s| self.finish(s)).collect()
+        self.finish(slots)
     }
 
     /// One forward/backward over the live texts: per-text loss, accuracy,
@@ -547,7 +716,8 @@ impl<'a> Engine<'a> {
         let dtype = model.dtype();
         let h = model.info().input_size;
         let n = self.cfg.n_mem;
-        let seq = live.iter().map(|&i| slots[i].ids.len()).max().unwrap_or(0) + n;
+        let p = self.layout.prefix_len();
+        let seq = live.iter().map(|&i| slots[i].ids.len()).max().unwrap_or(0) + n + p;
         let mut vars = Vec::with_capacity(live.len());
         let mut rows = Vec::with_capacity(live.len());
         let mut mask = Vec::with_capacity(live.len() * seq);
@@ -558,16 +728,18 @@ impl<'a> Engine<'a> {
             let s = &slots[i];
             let t = s.ids.len();
             let var = Var::from_tensor(&Tensor::from_slice(&s.params, (n, h), dev)?)?;
-            let mut parts = vec![var.as_tensor().to_dtype(dtype)?, token_embeds[i].clone()];
-            if t + n < seq {
-                parts.push(Tensor::zeros((seq - t - n, h), dtype, dev)?);
+            let mut parts: Vec<Tensor> = self.sink.iter().cloned().collect();
+            parts.push(var.as_tensor().to_dtype(dtype)?);
+            parts.push(token_embeds[i].clone());
+            if t + n + p < seq {
+                parts.push(Tensor::zeros((seq - t - n - p, h), dtype, dev)?);
             }
             rows.push(Tensor::cat(&parts, 0)?);
             vars.push(var);
-            mask.extend((0..seq).map(|p| if p < t + n { 1u32 } else { 0 }));
+            mask.extend((0..seq).map(|q| u32::from(q < t + n + p)));
             let (first_pos, first_label) = match self.cfg.loss {
-                LossConvention::Full => (n - 1, 0),
-                LossConvention::Paper => (n, 1),
+                LossConvention::Full => (p + n - 1, 0),
+                LossConvention::Paper => (p + n, 1),
             };
             for (j, label) in (first_label..t).enumerate() {
                 gather.push((k * seq + first_pos + j) as u32);
@@ -649,52 +821,61 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Original metrics and decode-back for a stopped text.
-    fn finish(&self, s: Slot) -> Result<CramResult> {
+    /// Original metrics and decode-back (all texts at once) for the
+    /// stopped texts.
+    fn finish(&self, slots: Vec<Slot>) -> Result<Vec<CramResult>> {
         let model = self.model;
         let n = self.cfg.n_mem;
-        let (stop_reason, wall) = s.done.expect("every slot stops before finish");
-        let (best_acc, best_loss, best_step, vectors) = s.best.expect("every slot ran a step");
-        let (original_loss, original_accuracy, original_n_predicted) =
-            original_metrics(model, &s.ids)?;
-        let t = s.ids.len();
-        let target = match self.cfg.loss {
-            LossConvention::Full => &s.ids[..],
-            LossConvention::Paper => &s.ids[1..],
-        };
-        let decoded_ids = decode_vectors(
-            model,
-            &vectors,
-            n,
-            self.cfg.loss,
-            s.ids.first().copied(),
-            target.len(),
-        )?;
-        let first_mismatch = decoded_ids
+        let loss = self.cfg.loss;
+        let skip = usize::from(loss == LossConvention::Paper);
+        let items: Vec<DecodeItem<'_>> = slots
             .iter()
-            .zip(target)
-            .position(|(a, b)| a != b)
-            .map(|p| p + t - target.len());
-        Ok(CramResult {
-            n_tokens: t,
-            n_mem: n,
-            n_predicted: self.cfg.loss.n_predicted(t),
-            original_loss,
-            original_accuracy,
-            original_n_predicted,
-            best_loss,
-            best_accuracy: best_acc,
-            steps: s.loss_curve.len(),
-            best_step,
-            stop_reason,
-            wall_time_s: wall,
-            loss_curve: s.loss_curve,
-            accuracy_curve: s.acc_curve,
-            vectors,
-            exact: first_mismatch.is_none() && decoded_ids.len() == target.len(),
-            decoded_ids,
-            first_mismatch,
-        })
+            .map(|s| DecodeItem {
+                vectors: &s.best.as_ref().expect("every slot ran a step").3,
+                first_token: s.ids.first().copied(),
+                count: s.ids.len() - skip,
+            })
+            .collect();
+        let decoded = decode_batch(model, &self.layout, n, loss, &items)?;
+        drop(items);
+        slots
+            .into_iter()
+            .zip(decoded)
+            .map(|(s, decoded_ids)| {
+                let (stop_reason, wall) = s.done.expect("every slot stops before finish");
+                let (best_acc, best_loss, best_step, vectors) =
+                    s.best.expect("every slot ran a step");
+                let (original_loss, original_accuracy, original_n_predicted) =
+                    original_metrics(model, &s.ids)?;
+                let t = s.ids.len();
+                let target = &s.ids[skip..];
+                let first_mismatch = decoded_ids
+                    .iter()
+                    .zip(target)
+                    .position(|(a, b)| a != b)
+                    .map(|p| p + skip);
+                Ok(CramResult {
+                    n_tokens: t,
+                    n_mem: n,
+                    n_predicted: loss.n_predicted(t),
+                    original_loss,
+                    original_accuracy,
+                    original_n_predicted,
+                    best_loss,
+                    best_accuracy: best_acc,
+                    steps: s.loss_curve.len(),
+                    best_step,
+                    stop_reason,
+                    wall_time_s: wall,
+                    loss_curve: s.loss_curve,
+                    accuracy_curve: s.acc_curve,
+                    vectors,
+                    exact: first_mismatch.is_none() && decoded_ids.len() == target.len(),
+                    decoded_ids,
+                    first_mismatch,
+                })
+            })
+            .collect()
     }
 }
 

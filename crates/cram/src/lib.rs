@@ -12,9 +12,11 @@
 
 pub mod datasets;
 pub mod engine;
+pub mod layout;
 pub mod memfile;
 pub mod metrics;
 pub mod nonfinite;
+pub mod protocol;
 pub mod sentences;
 pub mod store;
 pub mod sweep;

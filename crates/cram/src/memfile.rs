@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{CramConfig, CramResult, LossConvention, StopReason};
 use crate::error::{CramError, Result};
+use crate::layout::Layout;
 use crate::model::LoadedModel;
 
 /// Format tag written into every file.
@@ -71,6 +72,7 @@ impl MemMeta {
         m: &LoadedModel,
         identity: &ModelIdentity,
         cfg: &CramConfig,
+        layout: &Layout,
         ids: &[u32],
         r: &CramResult,
     ) -> Self {
@@ -88,6 +90,7 @@ impl MemMeta {
             dtype: m.model.info().compute_dtype.clone(),
             tokens_sha256: tokens_sha256(ids),
             config: cfg.clone(),
+            layout: layout.clone(),
             metrics: Metrics::from(r),
             backend: Some(m.model.info().backend()),
         }
@@ -121,8 +124,12 @@ pub struct MemMeta {
     pub dtype: String,
     /// SHA-256 of the token ids (little-endian u32), to check a decoding.
     pub tokens_sha256: String,
-    /// Optimiser settings.
+    /// Engine settings (protocol, sink setting, optimiser, ...).
     pub config: crate::engine::CramConfig,
+    /// What stood in front of the vectors (files written before layouts
+    /// existed read as none, which is what they used).
+    #[serde(default)]
+    pub layout: Layout,
     /// Metrics.
     pub metrics: Metrics,
     /// Where and how the vectors were computed (device, dtype, kernels);
@@ -371,10 +378,26 @@ pub fn decode(m: &LoadedModel, file: &Path) -> Result<Decoded> {
             ),
         ));
     }
+    if let Some(id) = meta.layout.sink {
+        let vocab = m.model.info().vocab_size;
+        if id as usize >= vocab {
+            return Err(CramError::bad_file(
+                file,
+                format!("metadata field `layout.sink`: token id {id} is outside the model's vocabulary ({vocab} tokens)"),
+            ));
+        }
+    }
+    if meta.n_tokens + meta.n_mem + meta.layout.prefix_len() > ctx {
+        return Err(CramError::bad_file(
+            file,
+            format!("metadata field `n_tokens`: {} tokens with {} vector(s) and the layout's fixed token do not fit the model's context length {ctx}", meta.n_tokens, meta.n_mem),
+        ));
+    }
     let non_finite = vectors.iter().filter(|v| !v.is_finite()).count();
     let count = meta.loss.n_predicted(meta.n_tokens);
     let mut ids = crate::engine::decode_vectors(
         m.model.as_ref(),
+        &meta.layout,
         &vectors,
         meta.n_mem,
         meta.loss,

@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS cells (
     cram_version         TEXT NOT NULL,
     shard                TEXT,
     backend              TEXT,
+    layout               TEXT,
     UNIQUE (model, dataset, sample_id, n_mem, length)
 );
 ";
@@ -81,7 +82,11 @@ const COLUMNS: &str = "model, dataset, sample_id, n_mem, length, sample_index, t
     token_ids, n_tokens, hidden_size, vocab_size, original_loss, original_accuracy, \
     original_n_predicted, best_loss, best_accuracy, n_predicted, steps, best_step, stop_reason, \
     exact, first_mismatch, decoded_ids, loss_curve, accuracy_curve, vectors, seconds, \
-    batch_seconds, finished_at, model_sha256, config_hash, cram_version, shard, backend";
+    batch_seconds, finished_at, model_sha256, config_hash, cram_version, shard, backend, layout";
+
+/// Columns added after the first schema: older databases get them (NULL
+/// in their cells) when opened for writing, and read as NULL when not.
+const LATE_COLUMNS: [&str; 2] = ["backend", "layout"];
 
 /// One finished cell, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +140,10 @@ pub struct CellRecord {
     /// [`cram_models::Backend`]); `None` for cells stored before cram
     /// recorded it.
     pub backend: Option<String>,
+    /// What stood in front of the vectors (JSON of
+    /// [`crate::layout::Layout`]); `None` for cells stored before cram
+    /// recorded it (they had nothing there).
+    pub layout: Option<String>,
 }
 
 impl CellRecord {
@@ -393,7 +402,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        add_backend_column(&conn).map_err(err)?;
+        add_late_columns(&conn).map_err(err)?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),
@@ -434,21 +443,23 @@ impl Store {
     }
 
     /// The columns to select from `cells` of schema `db` (`main`, or an
-    /// attached one): a database made before the `backend` column has NULL
-    /// there.
+    /// attached one): a database made before one of [`LATE_COLUMNS`] has
+    /// NULL there.
     fn select_columns(&self, db: &str) -> Result<String> {
-        let has = self
-            .conn
-            .prepare(&format!(
-                "SELECT 1 FROM pragma_table_info('cells', '{db}') WHERE name = 'backend'"
-            ))
-            .and_then(|mut st| st.exists([]))
-            .map_err(|e| sql_err(&self.path, e))?;
-        Ok(if has {
-            COLUMNS.to_string()
-        } else {
-            COLUMNS.replace(", backend", ", NULL")
-        })
+        let mut cols = COLUMNS.to_string();
+        for c in LATE_COLUMNS {
+            let has = self
+                .conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('cells', '{db}') WHERE name = '{c}'"
+                ))
+                .and_then(|mut st| st.exists([]))
+                .map_err(|e| sql_err(&self.path, e))?;
+            if !has {
+                cols = cols.replace(&format!(", {c}"), ", NULL");
+            }
+        }
+        Ok(cols)
     }
 
     /// Opens an existing database for writing (never creates one).
@@ -702,6 +713,7 @@ fn insert_row(
         c.cram_version,
         c.shard,
         c.backend,
+        c.layout,
     ])
 }
 
@@ -764,20 +776,25 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
             cram_version: r.get(31)?,
             shard: r.get(32)?,
             backend: r.get(33)?,
+            layout: r.get(34)?,
         },
         stop_reason: r.get(19)?,
         blobs: [r.get(7)?, r.get(22)?, r.get(23)?, r.get(24)?],
     })
 }
 
-/// Adds the `backend` column to a database made before it existed (its
+/// Adds the [`LATE_COLUMNS`] to a database made before they existed (its
 /// cells get NULL).
-fn add_backend_column(conn: &Connection) -> rusqlite::Result<()> {
-    let has = conn
-        .prepare("SELECT 1 FROM pragma_table_info('cells') WHERE name = 'backend'")?
-        .exists([])?;
-    if !has {
-        conn.execute("ALTER TABLE cells ADD COLUMN backend TEXT", [])?;
+fn add_late_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for c in LATE_COLUMNS {
+        let has = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('cells') WHERE name = '{c}'"
+            ))?
+            .exists([])?;
+        if !has {
+            conn.execute(&format!("ALTER TABLE cells ADD COLUMN {c} TEXT"), [])?;
+        }
     }
     Ok(())
 }

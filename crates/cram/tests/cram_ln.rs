@@ -39,7 +39,7 @@ fn crams(name: &str, text: &str, n: usize, n_mem: usize) {
         },
         ..CramConfig::default()
     };
-    let r = &Engine::new(m.model.as_ref(), cfg)
+    let r = &Engine::new(&m, cfg)
         .unwrap()
         .run(std::slice::from_ref(&t), 0, |_| {})
         .unwrap()[0];

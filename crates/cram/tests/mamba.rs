@@ -210,7 +210,7 @@ fn mamba_crams_a_short_text_into_one_vector() {
         },
         ..CramConfig::default()
     };
-    let r = &Engine::new(m.model.as_ref(), cfg)
+    let r = &Engine::new(&m, cfg)
         .unwrap()
         .run(std::slice::from_ref(&t), 0, |_| {})
         .unwrap()[0];

@@ -176,3 +176,40 @@ fn a_changed_configuration_is_refused_with_the_keys_that_differ() {
     assert_eq!(s.already, 0);
     assert_eq!(fs::read_dir(out.join("old")).unwrap().count(), 1);
 }
+
+/// `sink` in a configuration: the layout is recorded with every cell, a BOS
+/// that moves in front of the vectors is not one of a cell's tokens, and
+/// the default is the paper's layout.
+#[test]
+fn a_sweeps_sink_is_recorded_with_every_cell() {
+    for (fixture_name, sink) in [("gemma3_swa_softcap", "auto"), ("llama_gqa_tied", "none")] {
+        let (dir, cfg) = setup(&[fixture_name]);
+        let text = fs::read_to_string(&cfg).unwrap();
+        let text = if sink == "none" {
+            text
+        } else {
+            format!("sink = \"{sink}\"\n{text}")
+        };
+        fs::write(&cfg, text).unwrap();
+        let p = Plan::load(&cfg).unwrap();
+        let out = dir.path().join("run");
+        Counting::new().run(&p, &opts(&out, None));
+        let m = model::load(
+            fixture(fixture_name).to_str().unwrap(),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let want = p.cfg.sink.resolve(&m.tokenizer).unwrap();
+        assert_eq!(want.moves_bos, sink == "auto", "{fixture_name}");
+        let run = load_run(&out).unwrap();
+        for c in &run.cells {
+            let got: cram::layout::Layout =
+                serde_json::from_str(c.layout.as_deref().expect("the layout is recorded")).unwrap();
+            assert_eq!(got, want);
+            assert_eq!(c.token_ids.len(), c.grid_length, "{fixture_name}");
+            if want.moves_bos {
+                assert_ne!(c.token_ids.first().copied(), m.tokenizer.bos_id());
+            }
+        }
+    }
+}

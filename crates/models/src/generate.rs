@@ -58,3 +58,34 @@ pub fn greedy(
     let e = model.embed(&ids)?;
     greedy_from_embeds(model, &e, max_new, stop)
 }
+
+/// Greedy continuations of a batch of prefixes of equal length,
+/// `[B, T, input_size]`, decoded together with one KV cache: `max_new` token
+/// ids per row (no stop tokens). Row `i` of the result is what
+/// [`greedy_from_embeds`] gives for row `i` alone.
+pub fn greedy_batch_from_embeds(
+    model: &dyn CausalLm,
+    prefix: &Tensor,
+    max_new: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let b = prefix.dim(0)?;
+    let mut out = vec![Vec::with_capacity(max_new); b];
+    if max_new == 0 || b == 0 {
+        return Ok(out);
+    }
+    let mut state = model.new_state();
+    let mut logits = model.forward_step(&prefix.detach(), &mut state)?;
+    loop {
+        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?;
+        let rows: Vec<Vec<f32>> = last.to_vec2()?;
+        let next: Vec<u32> = rows.iter().map(|r| argmax(r)).collect();
+        for (o, &n) in out.iter_mut().zip(&next) {
+            o.push(n);
+        }
+        if out[0].len() >= max_new {
+            return Ok(out);
+        }
+        let ids = Tensor::from_vec(next, (b, 1), model.device())?;
+        logits = model.forward_step(&model.embed(&ids)?, &mut state)?;
+    }
+}

@@ -1,15 +1,26 @@
 //! Cramming texts and checking that they decode back exactly, shared by the
 //! cramming tests of every model.
 
-use cram::engine::{decode_vectors, CramConfig, CramResult, Engine, LossConvention, StopReason};
+use cram::engine::{CramConfig, CramResult, Engine, StopReason};
 use cram::memfile::{self, MemMeta, ModelIdentity};
 use cram::model::LoadedModel;
 
-/// Crams `texts` (token ids) in one batch with `cfg`, prints each result,
-/// checks each reaches accuracy 1.0, survives a write/read of the file
-/// format, and decodes back to exactly its tokens; returns the results.
+/// The first `len` tokens the vectors must reproduce for `text` under the
+/// layout of `cfg` (the tokenizer's ids, less a BOS moved in front of the
+/// vectors).
+pub fn text_ids(m: &LoadedModel, cfg: &CramConfig, text: &str, len: usize) -> Vec<u32> {
+    let layout = cfg.sink.resolve(&m.tokenizer).unwrap();
+    let mut ids = layout.text_ids(m.tokenizer.encode(text, true).unwrap());
+    ids.truncate(len);
+    ids
+}
+
+/// Crams `texts` (token ids, from [`text_ids`]) in one batch with `cfg`,
+/// prints each result, checks each reaches accuracy 1.0, and that its file
+/// (written and read back) decodes to exactly its tokens with
+/// `memfile::decode`; returns the results.
 pub fn cram_and_check(m: &LoadedModel, texts: &[Vec<u32>], cfg: &CramConfig) -> Vec<CramResult> {
-    let engine = Engine::new(m.model.as_ref(), cfg.clone()).unwrap();
+    let engine = Engine::new(m, cfg.clone()).unwrap();
     let results = engine.run(texts, 0, |_| {}).unwrap();
     let identity = ModelIdentity::of(m).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -23,29 +34,18 @@ pub fn cram_and_check(m: &LoadedModel, texts: &[Vec<u32>], cfg: &CramConfig) -> 
             failures.push(i);
             continue;
         }
-        let meta = MemMeta::new(m, &identity, cfg, ids, r);
+        let meta = MemMeta::new(m, &identity, cfg, engine.layout(), ids, r);
         let path = dir.path().join(format!("{i}.safetensors"));
         memfile::write(&path, &r.vectors, &meta).unwrap();
         let (vectors, back) = memfile::read(&path).unwrap();
         assert_eq!(vectors, r.vectors);
-        let decoded = decode_vectors(
-            m.model.as_ref(),
-            &vectors,
-            back.n_mem,
-            back.loss,
-            back.first_token,
-            back.loss.n_predicted(back.n_tokens),
-        )
-        .unwrap();
-        let target = match back.loss {
-            LossConvention::Full => &ids[..],
-            LossConvention::Paper => &ids[1..],
-        };
-        assert_eq!(
-            decoded[..],
-            target[..],
+        assert_eq!(&back.layout, engine.layout());
+        let decoded = memfile::decode(m, &path).unwrap();
+        assert!(
+            decoded.matches_original,
             "text {i} does not decode back from its file"
         );
+        assert_eq!(decoded.ids[..], ids[..], "text {i}: decoded ids");
     }
     assert!(
         failures.is_empty(),

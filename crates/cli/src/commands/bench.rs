@@ -294,7 +294,7 @@ fn cram_bench(a: &CramBenchArgs, quiet: bool) -> anyhow::Result<()> {
         },
         ..CramConfig::default()
     };
-    let engine = Engine::new(model, cfg)?;
+    let engine = Engine::new(&m, cfg)?;
     let mut dump = match &a.dump_texts {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
@@ -343,6 +343,10 @@ fn cram_bench(a: &CramBenchArgs, quiet: bool) -> anyhow::Result<()> {
             // The same with the per-batch work after the last step (original
             // metrics and greedy decode-back of every text) added.
             let texts_per_hour_with_finish = 3600.0 / (per_text_s + finish_s / b as f64);
+            // The decode-back in steps' worth of compute, and as a share of
+            // the batch's cramming time at `steps_per_text` steps.
+            let finish_steps = finish_s / s;
+            let finish_share = finish_s / (s * a.steps_per_text as f64);
             let mean_acc =
                 results.iter().map(|r| r.best_accuracy).sum::<f64>() / results.len() as f64;
             if a.json {
@@ -355,6 +359,8 @@ fn cram_bench(a: &CramBenchArgs, quiet: bool) -> anyhow::Result<()> {
                         "texts_per_hour": round3(texts_per_hour),
                         "n_mem": a.mem, "timed_steps": times.len(),
                         "finish_s": round3(finish_s),
+                        "finish_steps": round3(finish_steps),
+                        "finish_share": round3(finish_share),
                         "texts_per_hour_with_finish": round3(texts_per_hour_with_finish),
                         "converged": converged, "mean_best_accuracy": round3(mean_acc),
                         "backend": backend,
@@ -364,8 +370,8 @@ fn cram_bench(a: &CramBenchArgs, quiet: bool) -> anyhow::Result<()> {
             } else {
                 println!(
                     "cram engine B={b} L={l} mem={}: {:.1} ms/step (median of {} steps), {:.1} GFLOP/s; \
-                     at {} steps/text: {:.1} texts/hour ({:.1} with the {:.1} s per batch of decode-back); \
-                     best accuracy after {} steps {:.3}",
+                     at {} steps/text: {:.1} texts/hour ({:.1} with the {:.1} s per batch of decode-back, \
+                     {:.1} steps' worth, {:.2}% of the cramming time); best accuracy after {} steps {:.3}",
                     a.mem,
                     s * 1e3,
                     times.len(),
@@ -374,6 +380,8 @@ fn cram_bench(a: &CramBenchArgs, quiet: bool) -> anyhow::Result<()> {
                     texts_per_hour,
                     texts_per_hour_with_finish,
                     finish_s,
+                    finish_steps,
+                    100.0 * finish_share,
                     a.steps + 1,
                     mean_acc
                 );

@@ -7,8 +7,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cram::engine::{CramConfig, CramResult, Engine};
+use cram::layout::Layout;
 use cram::memfile::{self, MemMeta, ModelIdentity};
 use cram::model::LoadedModel;
+use cram::protocol::CramArgs;
 
 /// Options of `cram compress`.
 #[derive(Args)]
@@ -22,15 +24,16 @@ pub struct CompressArgs {
     /// Field (JSONL) or column (CSV) holding the text.
     #[arg(long, default_value = "text")]
     pub field: String,
-    /// Truncate each text to its first L tokens (BOS included when the tokenizer adds it).
+    /// Truncate each text to its first L tokens (BOS included when the
+    /// tokenizer adds it and the layout keeps it in the text).
     #[arg(long)]
     pub tokens: Option<usize>,
     /// Texts optimised together.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// The engine settings (vectors, loss, seed, optimiser).
+    /// The engine settings: a protocol and single overrides.
     #[command(flatten)]
-    pub cram: CramConfig,
+    pub cram: CramArgs,
     /// Output: a .safetensors file (one text) or a folder (many texts).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -61,14 +64,15 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
     }
-    let engine = Engine::new(m.model.as_ref(), args.cram.clone())?;
+    let engine = Engine::new(m, args.cram.config())?;
+    let layout = engine.layout().clone();
     // Tokenise and check everything before any compute.
     let mut all_ids = Vec::with_capacity(texts.len());
     for (i, t) in texts.iter().enumerate() {
         if t.trim().is_empty() {
             anyhow::bail!("text {i}: empty text");
         }
-        let mut ids = m.tokenizer.encode(t, true)?;
+        let mut ids = layout.text_ids(m.tokenizer.encode(t, true)?);
         if let Some(l) = args.tokens {
             ids.truncate(l);
         }
@@ -146,9 +150,9 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
         for (k, r) in results.iter().enumerate() {
             let i = first + k;
             let path = path_of(i);
-            let meta = MemMeta::new(m, &identity, &cfg, &chunk[k], r);
+            let meta = MemMeta::new(m, &identity, &cfg, &layout, &chunk[k], r);
             memfile::write(&path, &r.vectors, &meta)?;
-            report(i, &path, r, m, args.json, quiet)?;
+            report(i, &path, r, m, &cfg, &layout, args.json, quiet)?;
         }
     }
     Ok(())
@@ -174,11 +178,14 @@ fn report_kept(i: usize, path: &Path, meta: &MemMeta, json: bool, quiet: bool) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     i: usize,
     path: &Path,
     r: &CramResult,
     m: &LoadedModel,
+    cfg: &CramConfig,
+    layout: &Layout,
     json: bool,
     quiet: bool,
 ) -> anyhow::Result<()> {
@@ -187,6 +194,8 @@ fn report(
         v["index"] = i.into();
         v["file"] = path.display().to_string().into();
         v["adds_bos"] = m.tokenizer.adds_bos().into();
+        v["layout"] = serde_json::to_value(layout)?;
+        v["config"] = serde_json::to_value(cfg)?;
         println!("{v}");
     } else if !quiet {
         println!(

@@ -51,8 +51,9 @@ use sha2::{Digest, Sha256};
 use crate::datasets::{
     builtin, data_file, load_texts, paper_chunk, random_texts, read_vocab, Sample, TextSource,
 };
-use crate::engine::{CramConfig, LossConvention, OptimizerConfig};
+use crate::engine::{CramConfig, Init, LossConvention, OptimizerConfig};
 use crate::error::{CramError, Result};
+use crate::layout::{Layout, Sink};
 use crate::tokenizer::TextTokenizer;
 
 /// A sweep: the grid's axes and the settings every cell shares.
@@ -88,6 +89,13 @@ pub struct SweepConfig {
     /// Loss convention: `full` or `paper`.
     #[serde(default)]
     pub loss: LossConvention,
+    /// What stands in front of the vectors: `auto`, `none` (the default,
+    /// the paper's layout), a token or a token id.
+    #[serde(default = "Sink::none")]
+    pub sink: Sink,
+    /// How the vectors start: `randn` (the default), `mean` or `token:ID`.
+    #[serde(default)]
+    pub init: Init,
     /// Optimiser and stopping settings.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
@@ -281,7 +289,10 @@ impl SweepConfig {
     /// The engine settings of cells with `n_mem` vectors.
     pub fn cram_config(&self, n_mem: usize) -> CramConfig {
         CramConfig {
+            protocol: None,
             n_mem,
+            sink: self.sink.clone(),
+            init: self.init,
             optimizer: self.optimizer.clone(),
             loss: self.loss,
             seed: self.seed,
@@ -488,14 +499,24 @@ impl Dataset {
     ///
     /// [`CramError::Input`] naming the data set and sample when a text
     /// gives no tokens; tokenizer errors.
-    pub fn tokens(&self, tokenizer: &TextTokenizer, length: usize) -> Result<Vec<Vec<u32>>> {
+    pub fn tokens(
+        &self,
+        tokenizer: &TextTokenizer,
+        layout: &Layout,
+        length: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        // A BOS that moves in front of the vectors is not one of the
+        // text's `length` tokens.
+        let moved = usize::from(layout.moves_bos);
         let out: Vec<(String, Vec<u32>)> = match &self.texts {
             Texts::Fixed { samples, chunk } => samples
                 .iter()
                 .map(|s| {
                     let ids = match chunk {
-                        ChunkMode::Paper => paper_chunk(&s.text, tokenizer, length),
-                        ChunkMode::Whole => tokenizer.encode(&s.text, true).map(|mut ids| {
+                        ChunkMode::Paper => paper_chunk(&s.text, tokenizer, length + moved)
+                            .map(|ids| layout.text_ids(ids)),
+                        ChunkMode::Whole => tokenizer.encode(&s.text, true).map(|ids| {
+                            let mut ids = layout.text_ids(ids);
                             ids.truncate(length);
                             ids
                         }),
@@ -516,7 +537,7 @@ impl Dataset {
                 texts
                     .into_iter()
                     .map(|s| {
-                        let mut ids = tokenizer.encode(&s.text, true)?;
+                        let mut ids = layout.text_ids(tokenizer.encode(&s.text, true)?);
                         ids.truncate(s.max_tokens.unwrap_or(length));
                         Ok((s.id, ids))
                     })

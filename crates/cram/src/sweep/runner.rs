@@ -138,14 +138,15 @@ fn prepare(
             )));
         }
     }
+    let layout = p.cfg.sink.resolve(&lm.tokenizer)?;
     let mut tokens = HashMap::new();
     for c in chunks {
         let key = (c.dataset, c.length);
         if let std::collections::hash_map::Entry::Vacant(e) = tokens.entry(key) {
-            e.insert(p.datasets[c.dataset].tokens(&lm.tokenizer, c.length)?);
+            e.insert(p.datasets[c.dataset].tokens(&lm.tokenizer, &layout, c.length)?);
         }
         let ids = &tokens[&key];
-        let engine = Engine::new(lm.model.as_ref(), p.cfg.cram_config(c.n_mem))?;
+        let engine = Engine::new(lm, p.cfg.cram_config(c.n_mem))?;
         for s in c.samples.clone() {
             let k = p.grid.key(c, s);
             let what = format!(
@@ -282,6 +283,8 @@ pub fn run(
         let identity = ModelIdentity::of(&lm)?;
         let info = lm.model.info();
         let backend = serde_json::to_string(&info.backend()).expect("a backend serialises");
+        let layout_json = serde_json::to_string(&p.cfg.sink.resolve(&lm.tokenizer)?)
+            .expect("a layout serialises");
         if store.is_none() {
             store = Some(open_store()?);
         }
@@ -295,7 +298,7 @@ pub fn run(
             if pending.is_empty() {
                 continue;
             }
-            let engine = Engine::new(lm.model.as_ref(), p.cfg.cram_config(c.n_mem))?;
+            let engine = Engine::new(&lm, p.cfg.cram_config(c.n_mem))?;
             let ids = &tokens[&(c.dataset, c.length)];
             progress.group(&format!(
                 "{} / {} / length {} / {} vector(s)",
@@ -352,6 +355,7 @@ pub fn run(
                             cram_version: env!("CARGO_PKG_VERSION").to_string(),
                             shard: shard_str.clone(),
                             backend: Some(backend.clone()),
+                            layout: Some(layout_json.clone()),
                         };
                         (rec, r.vectors)
                     })
