@@ -208,7 +208,9 @@ fn table(path: &Path) -> anyhow::Result<String> {
             } else {
                 format!("`{}`", flags.trim())
             };
-            s.push_str(&format!("| {variant} | {shown} |"));
+            // A `|` (as in `<|endoftext|>`) would end the table cell.
+            let cell = |x: &str| x.replace('|', "\\|");
+            s.push_str(&format!("| {} | {} |", cell(variant), cell(&shown)));
             for &l in lens {
                 match cells.get(&(m.clone(), variant.clone(), l)) {
                     None => s.push_str(" | |"),

@@ -213,3 +213,33 @@ fn a_sweeps_sink_is_recorded_with_every_cell() {
         }
     }
 }
+
+/// `protocol` in a configuration fills the engine keys the file leaves out;
+/// the keys it gives win; without it, the paper's optimiser and layout.
+#[test]
+fn a_sweeps_protocol_fills_the_keys_it_leaves_out() {
+    use cram::engine::LossConvention;
+    use cram::layout::Sink;
+    use cram::protocol::Protocol;
+    let body = "models = [\"m\"]\nlengths = [4]\nn_mem = [1]\nsamples = 1\n\
+                [[datasets]]\nname = \"r\"\nrandom = { seed = 0 }\n";
+    let with = format!("protocol = \"cram\"\nloss = \"paper\"\n{body}[optimizer]\nlr = 0.05\n");
+    let c = sweep::SweepConfig::from_toml_str(&with, "with.toml").unwrap();
+    let cram = Protocol::Cram.config();
+    assert_eq!(c.optimizer.lr, 0.05);
+    assert_eq!(c.optimizer.min_lr, cram.optimizer.min_lr);
+    assert_eq!(c.optimizer.max_steps, cram.optimizer.max_steps);
+    assert_eq!(c.optimizer.warmup_steps, cram.optimizer.warmup_steps);
+    assert_eq!(
+        (c.sink.clone(), c.loss),
+        (Sink::Auto, LossConvention::Paper)
+    );
+    assert_eq!(c.cram_config(1).protocol, Some(Protocol::Cram));
+    let without = sweep::SweepConfig::from_toml_str(body, "without.toml").unwrap();
+    assert_eq!(without.optimizer, cram::engine::OptimizerConfig::default());
+    assert_eq!(without.sink, Sink::None);
+    assert_eq!(without.cram_config(1).protocol, None);
+    let bad = format!("protocol = \"cram\"\n{body}[optimizer]\nlearning_rate = 0.05\n");
+    let err = sweep::SweepConfig::from_toml_str(&bad, "bad.toml").unwrap_err();
+    assert!(err.to_string().contains("learning_rate"), "{err}");
+}

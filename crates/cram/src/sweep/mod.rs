@@ -54,6 +54,7 @@ use crate::datasets::{
 use crate::engine::{CramConfig, Init, LossConvention, OptimizerConfig};
 use crate::error::{CramError, Result};
 use crate::layout::{Layout, Sink};
+use crate::protocol::Protocol;
 use crate::tokenizer::TextTokenizer;
 
 /// A sweep: the grid's axes and the settings every cell shares.
@@ -99,6 +100,11 @@ pub struct SweepConfig {
     /// Optimiser and stopping settings.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
+    /// A protocol (`paper` or `cram`) whose settings fill every engine key
+    /// the file leaves out (`loss`, `sink`, `init`, `seed` and each key of
+    /// `[optimizer]`); without one, the defaults above apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
 }
 
 fn default_batch_size() -> usize {
@@ -199,8 +205,43 @@ impl SweepConfig {
                 .unwrap_or_default();
             CramError::bad_file(name, format!("{at}{}", e.message().replace('\n', " ")))
         })?;
+        let cfg = match cfg.protocol {
+            Some(p) => cfg.with_protocol_defaults(p, text, name)?,
+            None => cfg,
+        };
         cfg.check(name)?;
         Ok(cfg)
+    }
+
+    /// Fills the engine keys that `text` leaves out with protocol `p`'s
+    /// values.
+    fn with_protocol_defaults(mut self, p: Protocol, text: &str, name: &str) -> Result<Self> {
+        let given: toml::Table =
+            toml::from_str(text).map_err(|e| CramError::bad_file(name, e.to_string()))?;
+        let base = p.config();
+        let has = |k: &str| given.contains_key(k);
+        if !has("loss") {
+            self.loss = base.loss;
+        }
+        if !has("sink") {
+            self.sink = base.sink.clone();
+        }
+        if !has("init") {
+            self.init = base.init;
+        }
+        if !has("seed") {
+            self.seed = base.seed;
+        }
+        let mut opt = serde_json::to_value(&base.optimizer).expect("settings serialise");
+        if let Some(t) = given.get("optimizer") {
+            let t = serde_json::to_value(t).expect("TOML converts to JSON");
+            for (k, v) in t.as_object().into_iter().flatten() {
+                opt[k] = v.clone();
+            }
+        }
+        self.optimizer = serde_json::from_value(opt)
+            .map_err(|e| CramError::bad_file(name, format!("optimizer: {e}")))?;
+        Ok(self)
     }
 
     fn check(&self, name: &str) -> Result<()> {
@@ -289,7 +330,7 @@ impl SweepConfig {
     /// The engine settings of cells with `n_mem` vectors.
     pub fn cram_config(&self, n_mem: usize) -> CramConfig {
         CramConfig {
-            protocol: None,
+            protocol: self.protocol,
             n_mem,
             sink: self.sink.clone(),
             init: self.init,
