@@ -43,8 +43,8 @@ t0=$(now)
 t1=$(now)
 echo "[2/2] seed protocol: paper settings, one text per process, $SEED_STEPS steps at most ..." >&2
 : >"$OUT/seed.jsonl"
-python3 -c 'import json,sys; [print(json.loads(l)["text"]) for l in open(sys.argv[1])]' "$OUT/texts.jsonl" |
-    tr '\n' '\0' >"$OUT/texts.bin"
+python3 -c 'import json,sys; sys.stdout.write("".join(json.loads(l)["text"] + "\0" for l in open(sys.argv[1])))' \
+    "$OUT/texts.jsonl" >"$OUT/texts.bin"
 i=0
 while IFS= read -r -d '' text; do
     "$CRAM" compress --model "$MODEL" --text "$text" --tokens "$TOKENS" --protocol paper \

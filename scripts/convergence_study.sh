@@ -4,7 +4,8 @@
 # vector) in the fewest steps, on SmolLM2-135M and Gemma 3 270M, 8 texts of
 # ../shared/data/pg19_standin.csv per cell. Every variant is the default
 # protocol (`cram`) with the flags shown, or the paper protocol capped at
-# 500 steps. Results: docs/study/convergence.jsonl (appended; cells already
+# 500 steps. Variants are one change at a time from the default (rows
+# marked `init randn` or `lr 0.1` come from earlier candidate defaults). Results: docs/study/convergence.jsonl (appended; cells already
 # there are skipped, so an interrupted study resumes); tables:
 #   cargo run --example convergence_study -- --table docs/study/convergence.jsonl
 #
@@ -26,20 +27,24 @@ run() { # MODEL LENGTHS VARIANT...
     "$STUDY" --model "$model" --input "$DATA" --texts 8 --tokens "$lens" --out "$OUT" "${args[@]}"
 }
 PAPER='paper=--protocol paper --max-steps 500'
+R='--init randn'
+LR1="$R --lr 0.1 --min-lr 0.01"
 stage() {
     case $1 in
-        smol16) run smollm2-135m 16 'cram=' "$PAPER" 'sink none=--sink none' 'sink <|im_start|>=--sink <|im_start|>' ;;
-        smol32) run smollm2-135m 32 'cram=' "$PAPER" ;;
-        gemma16) run gemma3-270m 16 'cram=' 'sink none ([mem, BOS, text])=--sink none' ;;
-        smol16b) run smollm2-135m 16 'lr 0.3=--lr 0.3 --min-lr 0.03' 'lr 0.03=--lr 0.03 --min-lr 0.003' \
-            'init mean=--init mean' 'betas 0.9/0.99=--beta2 0.99' 'lr 0.01=--lr 0.01 --min-lr 0.001' \
-            'init token=--init token:0' ;;
-        smol32b) run smollm2-135m 32 'sink none=--sink none' 'lr 0.3=--lr 0.3 --min-lr 0.03' 'lr 0.03=--lr 0.03 --min-lr 0.003' ;;
+        smol16) run smollm2-135m 16 'cram=' "$PAPER" "init randn=$R" "lr 0.1, init randn=$LR1" \
+            "sink none, lr 0.1, init randn=$LR1 --sink none" \
+            "sink <|im_start|>, lr 0.1, init randn=$LR1 --sink <|im_start|>" ;;
+        smol32) run smollm2-135m 32 'cram=' "$PAPER" "init randn=$R" "lr 0.1, init randn=$LR1" ;;
+        gemma16) run gemma3-270m 16 'cram=' "init randn=$R" "sink none ([mem, BOS, text]), init randn=$R --sink none" ;;
+        smol16b) run smollm2-135m 16 'lr 0.03=--lr 0.03 --min-lr 0.003' 'lr 0.01=--lr 0.01 --min-lr 0.001' \
+            'init token=--init token:0' 'betas 0.9/0.99=--beta2 0.99' ;;
+        smol32b) run smollm2-135m 32 'sink none=--sink none' 'betas 0.9/0.99=--beta2 0.99' ;;
         gemma32) run gemma3-270m 32 'cram=' "$PAPER" ;;
+        paper32) run smollm2-135m 32 'paper, 1400 steps=--protocol paper --max-steps 1400' ;;
         long) run smollm2-135m 64 'cram=' && run gemma3-270m 64 'cram=' && run smollm2-135m 128 'cram=' ;;
         *) echo "unknown stage $1" >&2; exit 2 ;;
     esac
 }
 STAGES=("$@")
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(smol16 smol32 gemma16 smol16b smol32b gemma32 long)
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(smol16 smol32 gemma16 gemma32 smol16b smol32b paper32 long)
 for s in "${STAGES[@]}"; do stage "$s"; done

@@ -190,6 +190,8 @@ fn table(path: &Path) -> anyhow::Result<String> {
         lengths.entry(model.clone()).or_default().insert(len);
         cells.entry((model, variant, len)).or_default().push(r);
     }
+    // The default first, then the paper protocol, then the variants.
+    order.sort_by_key(|(_, v, _)| (v != "cram", v != "paper"));
     let mut s = String::new();
     for (model, lens) in &lengths {
         s.push_str(&format!("**{model}**, one vector: exact decodes / texts, and median (max) steps to an exact decode, failures counted at the variant's step limit\n\n"));

@@ -20,8 +20,9 @@ use crate::layout::Sink;
 pub enum Protocol {
     /// The paper's settings and layout.
     Paper,
-    /// cram's default: a sink in front of the vectors, lr 0.1 with warm-up
-    /// and cosine decay, the `full` loss.
+    /// cram's default: a sink in front of the vectors, the mean token
+    /// embedding as the start, lr 0.3 with warm-up and cosine decay, the
+    /// `full` loss.
     #[default]
     Cram,
 }
@@ -54,15 +55,15 @@ impl Protocol {
                 protocol: Some(self),
                 n_mem: 1,
                 sink: Sink::Auto,
-                init: Init::Randn,
+                init: Init::Mean,
                 optimizer: OptimizerConfig {
-                    lr: 0.1,
+                    lr: 0.3,
                     beta1: 0.9,
                     beta2: 0.9,
                     eps: 1e-8,
                     weight_decay: 0.01,
                     warmup_steps: 10,
-                    min_lr: Some(0.01),
+                    min_lr: Some(0.03),
                     max_steps: 500,
                     patience: 500,
                 },

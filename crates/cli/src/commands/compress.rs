@@ -66,6 +66,24 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
     }
     let engine = Engine::new(m, args.cram.config())?;
     let layout = engine.layout().clone();
+    if !quiet && !args.json {
+        let c = engine.config();
+        let o = &c.optimizer;
+        eprintln!(
+            "protocol {}: {} vector(s), sink {}, loss {}, init {}, lr {}{}, betas {}/{}, at most {} steps",
+            c.protocol.map_or("none", |p| p.as_str()),
+            c.n_mem,
+            layout.describe(),
+            c.loss,
+            c.init,
+            o.lr,
+            o.min_lr
+                .map_or(String::new(), |m| format!(" (warm-up {}, cosine to {m})", o.warmup_steps)),
+            o.beta1,
+            o.beta2,
+            o.max_steps
+        );
+    }
     // Tokenise and check everything before any compute.
     let mut all_ids = Vec::with_capacity(texts.len());
     for (i, t) in texts.iter().enumerate() {
