@@ -410,15 +410,13 @@ fn compress_then_decompress_on_every_architecture() {
                 "0.99",
                 "--max-steps",
                 "600",
-                // The settings these random fixtures were tuned with: no
-                // sink, constant lr (the layouts are tested in
-                // crates/cram/tests/layout.rs).
-                "--sink",
-                "none",
-                "--min-lr",
-                "none",
-                "--warmup",
-                "0",
+                // The settings these random fixtures were tuned with: the
+                // paper's optimiser and layout with the full loss (the
+                // layouts are tested in crates/cram/tests/layout.rs).
+                "--protocol",
+                "paper",
+                "--loss",
+                "full",
                 "-o",
                 path_str(&file),
                 "--json",

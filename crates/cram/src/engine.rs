@@ -69,10 +69,11 @@ impl LossConvention {
     }
 }
 
-/// AdamW and stopping settings, the one home of their defaults (the
-/// paper's: lr 1e-2, betas (0.9, 0.9), weight decay 0.01, at most 5000
-/// steps, patience 2000). A sweep configuration's `[optimizer]` table and
-/// `cram compress`'s flags are this struct.
+/// AdamW and stopping settings. `Default` is the paper's (and so the
+/// `paper` protocol's) optimiser: lr 1e-2, betas (0.9, 0.9), weight decay
+/// 0.01, at most 5000 steps, patience 2000. A sweep configuration's `[optimizer]` table is
+/// this struct; `cram compress`'s flags override a protocol's values of it
+/// ([`crate::protocol::CramArgs`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimizerConfig {
