@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""PyTorch baseline: forward + backward to the input embeddings on SmolLM2-135M (float32).
+"""PyTorch baseline: forward + backward to the input embeddings on SmolLM2-135M.
 
-The GGUF is loaded (de-quantised) by transformers in float32; every weight is frozen
+The GGUF is loaded (de-quantised) by transformers in float32 (or --dtype bfloat16, on
+--device cpu or cuda); every weight is frozen
 (requires_grad_(False)), so backward only produces d loss / d inputs_embeds, which is the
 workload of cramming (optimising input vectors of a frozen LM).
 
@@ -47,7 +48,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention implementation")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    dev = torch.device(args.device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -62,15 +71,16 @@ def main():
             model_type = json.load(f).get("model_type")
         # Mamba has no attention implementation to choose.
         kwargs = {} if model_type == "mamba" else {"attn_implementation": args.attn}
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, **kwargs)
     else:
         d, fname = os.path.split(os.path.abspath(args.gguf))
         model = AutoModelForCausalLM.from_pretrained(
-            d, gguf_file=fname, dtype=torch.float32, attn_implementation=args.attn
+            d, gguf_file=fname, dtype=dtype, attn_implementation=args.attn
         )
+    model.to(dev)
     model.eval()
     model.requires_grad_(False)
-    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.dtype == dtype for p in model.parameters())
     H = model.get_input_embeddings().weight.shape[1]
     V = model.config.vocab_size
     emb_std = model.get_input_embeddings().weight.std().item()
@@ -85,21 +95,22 @@ def main():
     L = args.length
     for B in args.batches:
         g = torch.Generator().manual_seed(B)
-        x = (torch.randn(B, L, H, generator=g) * emb_std).requires_grad_(True)
-        labels = torch.randint(0, V, (B, L), generator=g)
-        mask = torch.ones(B, L, dtype=torch.long)
+        x = (torch.randn(B, L, H, generator=g) * emb_std).to(dev, dtype).requires_grad_(True)
+        labels = torch.randint(0, V, (B, L), generator=g).to(dev)
+        mask = torch.ones(B, L, dtype=torch.long, device=dev)
 
         def step():
             x.grad = None
             logits = model(inputs_embeds=x, attention_mask=mask, use_cache=False).logits
-            loss = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1))
+            loss = F.cross_entropy(logits.reshape(-1, V).float(), labels.reshape(-1))
             loss.backward()
-            return loss.item()
+            return loss.item()  # waits for the device
 
         for _ in range(args.warmup):
             step()
         times = []
         for _ in range(args.steps):
+            sync()
             t0 = time.perf_counter()
             step()
             times.append((time.perf_counter() - t0) * 1000.0)
@@ -113,7 +124,7 @@ def main():
             "ms_per_step": round(ms, 3),
             "gflops": round(4.0 * n_params * B * L / (ms / 1000.0) / 1e9, 3),
             "reps": args.steps,
-            "backend": f"torch {torch.__version__}",
+            "backend": f"torch {torch.__version__} {args.device} {args.dtype}",
             "threads": torch.get_num_threads(),
         }
         if args.json:

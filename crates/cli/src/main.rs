@@ -10,6 +10,10 @@ use cram::model::{self, LoadOptions, LoadedModel};
 mod commands;
 mod settings;
 
+/// Counts the bytes in use, for `cram bench memory --measure`.
+#[global_allocator]
+static ALLOC: cram::alloc::Counting = cram::alloc::Counting;
+
 #[derive(Parser)]
 #[command(
     name = "cram",
@@ -123,6 +127,11 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> anyhow::Result<LoadedModel> {
+        self.load_with(settings::kernels())
+    }
+
+    /// [`ModelArgs::load`] with the given kernels instead of the flags'.
+    fn load_with(&self, kernels: cram::kernels::Kernels) -> anyhow::Result<LoadedModel> {
         let dtype = match self.dtype.as_str() {
             "f32" => candle_core::DType::F32,
             "bf16" => candle_core::DType::BF16,
@@ -135,7 +144,7 @@ impl ModelArgs {
             &LoadOptions {
                 device,
                 dtype,
-                kernels: settings::kernels(),
+                kernels,
             },
         )?)
     }

@@ -1,4 +1,5 @@
-//! Keeps freed memory in the process instead of handing it back to the OS.
+//! The process allocator: [`tune`] keeps freed memory in the process instead
+//! of handing it back to the OS; [`Counting`] counts the bytes in use.
 //!
 //! A cramming step allocates and frees the same large buffers (activations,
 //! logits, their gradients) every step. glibc's `malloc` serves blocks above
@@ -39,3 +40,77 @@ fn apply() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn apply() {}
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator, counting the bytes in use and their peak, so that
+/// a program can measure the memory of a step (`cram bench memory
+/// --measure`). A program installs it with `#[global_allocator]`; the cost is
+/// two relaxed atomic operations per allocation.
+pub struct Counting;
+
+fn grow(n: usize) {
+    let now = LIVE.fetch_add(n, Relaxed) + n;
+    PEAK.fetch_max(now, Relaxed);
+}
+
+fn shrink(n: usize) {
+    LIVE.fetch_sub(n, Relaxed);
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; only counters are
+// updated around it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            grow(l.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            grow(l.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        shrink(l.size());
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            if new >= l.size() {
+                grow(new - l.size());
+            } else {
+                shrink(l.size() - new);
+            }
+        }
+        q
+    }
+}
+
+/// Bytes allocated and not yet freed (0 unless the program installed
+/// [`Counting`]).
+pub fn live_bytes() -> usize {
+    LIVE.load(Relaxed)
+}
+
+/// The most bytes in use at once since the last [`reset_peak`].
+pub fn peak_bytes() -> usize {
+    PEAK.load(Relaxed)
+}
+
+/// Starts a new peak measurement from the bytes in use now.
+pub fn reset_peak() {
+    PEAK.store(LIVE.load(Relaxed), Relaxed);
+}

@@ -6,8 +6,9 @@
 //! ops that do, or as custom ops with an explicit backward. Weights are
 //! constants: no gradient is ever computed for them.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D,
+};
 
 use crate::cpu::{contiguous_f32, with_cpu_f32};
 
@@ -15,30 +16,77 @@ use crate::Kernels;
 
 pub use crate::Result;
 
-/// `x @ w.T (+ b)` whose backward returns only the gradient of `x`.
-///
-/// candle's `matmul` backward always computes the weight gradient too: a
-/// weight-sized matmul per linear layer per step that cramming never uses.
-/// This op computes the product outside the graph and attaches a backward
-/// that yields `grad @ w` for the input alone.
-struct InputOnlyLinear {
-    /// `[out, in]` weight.
-    w: Tensor,
-    /// The detached result, handed back by the forward.
-    y: Tensor,
+/// The storage of `y` (a freshly computed, contiguous tensor), for a custom
+/// op's forward to hand back as its own result.
+fn storage_of(y: &Tensor, op: &str) -> candle_core::Result<(Storage, Shape)> {
+    if !y.is_contiguous() || y.layout().start_offset() != 0 {
+        candle_core::bail!("{op}: internal: the precomputed result is a strided view");
+    }
+    let (storage, layout) = y.storage_and_layout();
+    Ok((storage.try_clone(layout)?, layout.shape().clone()))
 }
 
-impl CustomOp1 for InputOnlyLinear {
+/// A graph node whose value was computed outside the graph and whose
+/// backward is written by hand, on any device.
+///
+/// The forward runs on detached tensors, so its intermediates (an
+/// attention layer's raw scores, a softmax's exponentials) are freed as soon
+/// as it returns instead of being kept by the graph until the backward;
+/// only what `bwd` captures is kept. The op hands the precomputed value
+/// back as its result (one copy, freed with the op's own reference).
+struct Attached<F> {
+    name: &'static str,
+    /// The detached result, taken by the forward.
+    y: std::sync::Mutex<Option<Tensor>>,
+    bwd: F,
+}
+
+impl<F> Attached<F> {
+    fn new(name: &'static str, y: Tensor, bwd: F) -> Self {
+        Self {
+            name,
+            y: std::sync::Mutex::new(Some(y)),
+            bwd,
+        }
+    }
+
+    fn take(&self) -> candle_core::Result<(Storage, Shape)> {
+        let y = self
+            .y
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{}: lock", self.name)))?
+            .take();
+        match y {
+            Some(y) => storage_of(&y, self.name),
+            None => candle_core::bail!("{}: internal: the forward ran twice", self.name),
+        }
+    }
+
+    fn cpu(&self) -> candle_core::Result<(CpuStorage, Shape)> {
+        match self.take()? {
+            (Storage::Cpu(s), shape) => Ok((s, shape)),
+            _ => candle_core::bail!("{}: result is not on the cpu", self.name),
+        }
+    }
+
+    fn cuda(&self) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        match self.take()? {
+            (Storage::Cuda(s), shape) => Ok((s, shape)),
+            _ => candle_core::bail!("{}: result is not on the gpu", self.name),
+        }
+    }
+}
+
+/// The backward of a one-input [`Attached`] node: `(input, grad) -> input grad`.
+type Bwd1 = dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync;
+
+impl CustomOp1 for Attached<Box<Bwd1>> {
     fn name(&self) -> &'static str {
-        "input-only-linear"
+        self.name
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (storage, layout) = self.y.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("input-only-linear: result is not on the cpu"),
-        }
+        self.cpu()
     }
 
     fn cuda_fwd(
@@ -46,16 +94,72 @@ impl CustomOp1 for InputOnlyLinear {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let (storage, layout) = self.y.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("input-only-linear: result is not on the gpu"),
-        }
+        self.cuda()
     }
 
-    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?))
+    fn bwd(&self, arg: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some((self.bwd)(arg, grad)?))
     }
+}
+
+/// The backward of a three-input [`Attached`] node.
+type Bwd3 = dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)>
+    + Send
+    + Sync;
+
+impl CustomOp3 for Attached<Box<Bwd3>> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.cuda()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn bwd(
+        &self,
+        a1: &Tensor,
+        a2: &Tensor,
+        a3: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (g1, g2, g3) = (self.bwd)(a1, a2, a3, grad)?;
+        Ok((Some(g1), Some(g2), Some(g3)))
+    }
+}
+
+/// `x` with the value `y` (computed from it outside the graph) and the
+/// input gradient `bwd(x, grad)`.
+fn attach1(
+    name: &'static str,
+    x: &Tensor,
+    y: Tensor,
+    bwd: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    let bwd: Box<Bwd1> = Box::new(bwd);
+    x.apply_op1(Attached::new(name, y, bwd))
 }
 
 /// `y = x @ w.T + b` on the CPU through BLAS, backward to `x` only.
@@ -172,9 +276,11 @@ pub fn linear(k: &Kernels, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result
     if !x.track_op() {
         return product(x2.as_ref())?.reshape(out_dims);
     }
+    // candle's `matmul` backward would also compute the weight gradient: a
+    // weight-sized product per layer per step that cramming never uses.
     let y = product(&x2.detach())?.contiguous()?;
-    let op = InputOnlyLinear { w: w.clone(), y };
-    x2.apply_op1(op)?.reshape(out_dims)
+    let w = w.clone();
+    attach1("input-only-linear", &x2, y, move |_, g| g.matmul(&w))?.reshape(out_dims)
 }
 
 /// The dtype statistics are computed in: f64 stays f64 (used by the
@@ -199,6 +305,130 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
     e.broadcast_div(&s)?.to_dtype(dtype)
+}
+
+/// Scaled dot-product attention of the composed path: `softmax(q k^T *
+/// scale + bias) v` for `q` `[B, heads, T, d]`, `k` and `v` `[B, heads, S,
+/// d]` and the additive `bias` `[B, 1, T, S]`; differentiable in `q`, `k`,
+/// `v` on every device.
+///
+/// The graph keeps one `[B, heads, T, S]` tensor per layer, the
+/// probabilities the backward needs; the raw, scaled and masked scores and
+/// the softmax's intermediates live only while the layer's forward (or its
+/// backward) runs. Written as candle ops, the scores would be kept about
+/// six times over in every layer until the backward (the memory that
+/// limits the length on a GPU). Products run in the input dtype, the
+/// softmax in f32 (as `transformers`' eager attention).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    let dtype = q.dtype();
+    // Written statement by statement so that each step frees the tensor
+    // before it: at most two score-sized tensors are alive at once.
+    let probs = |q: &Tensor, k: &Tensor| -> Result<Tensor> {
+        let mut x = q.matmul(&k.t()?.contiguous()?)?;
+        x = (x * scale)?;
+        x = x.broadcast_add(bias)?.to_dtype(stat_dtype(q))?;
+        let max = x.max_keepdim(D::Minus1)?;
+        x = x.broadcast_sub(&max)?;
+        x = x.exp()?;
+        let sum = x.sum_keepdim(D::Minus1)?;
+        x = x.broadcast_div(&sum)?;
+        x.to_dtype(dtype)
+    };
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let tracked = q.track_op() || k.track_op() || v.track_op();
+    if !tracked {
+        return probs(&q, &k)?.matmul(&v);
+    }
+    let p = probs(&q.detach(), &k.detach())?;
+    let out = p.matmul(&v.detach())?;
+    let bwd: Box<Bwd3> = Box::new(move |q, k, v, g| {
+        // Detached, or every step below would keep the one before it.
+        let (q, k, v) = (q.detach(), k.detach(), v.detach());
+        let g = g.contiguous()?;
+        let dv = p.t()?.contiguous()?.matmul(&g)?;
+        // Softmax backward, in f32: ds = p * (dp - sum(dp * p)).
+        let pf = p.to_dtype(stat_dtype(&p))?;
+        let mut ds = g.matmul(&v.t()?.contiguous()?)?.to_dtype(pf.dtype())?;
+        let dot = (&ds * &pf)?.sum_keepdim(D::Minus1)?;
+        ds = ds.broadcast_sub(&dot)?;
+        ds = (ds * pf)?.to_dtype(dtype)?;
+        let dq = (ds.matmul(&k)? * scale)?;
+        ds = ds.t()?.contiguous()?;
+        let dk = (ds.matmul(&q)? * scale)?;
+        Ok((dq, dk, dv))
+    });
+    q.apply_op3(&k, &v, Attached::new("attention", out, bwd))
+}
+
+/// `f(x)` with the backward `grad * df(x)`, the derivative computed on the
+/// detached input so that none of its temporaries outlives it (candle's own
+/// backward of these functions keeps every temporary of the derivative
+/// until the input's gradient is used: a dozen activation-sized tensors).
+fn pointwise(
+    name: &'static str,
+    x: &Tensor,
+    f: fn(&Tensor) -> Result<Tensor>,
+    df: fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if !x.track_op() {
+        return f(x);
+    }
+    let y = f(&x.detach())?.contiguous()?;
+    attach1(name, x, y, move |x, g| g * df(&x.detach())?)
+}
+
+/// SiLU, `x * sigmoid(x)`, differentiable: `d/dx = s (1 + x (1 - s))` with
+/// `s = sigmoid(x)`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    pointwise(
+        "silu",
+        x,
+        |x| x.silu(),
+        |x| {
+            let s = (x.neg()?.exp()? + 1.)?.recip()?;
+            let t = ((x * (1. - &s)?)? + 1.)?;
+            s * t
+        },
+    )
+}
+
+/// Tanh-approximated GELU, differentiable (candle's derivative).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    pointwise(
+        "gelu-tanh",
+        x,
+        |x| x.gelu(),
+        |x| {
+            let cube = x.powf(3.)?;
+            let tanh = (0.0356774 * &cube + (0.797885 * x)?)?.tanh()?;
+            ((0.5 * &tanh)? + (0.0535161 * cube + (0.398942 * x)?)? * (1. - tanh.powf(2.)?))? + 0.5
+        },
+    )
+}
+
+/// Exact (erf) GELU, differentiable (candle's derivative:
+/// `0.5 + 0.398942 x exp(-x^2 / 2) + 0.5 erf(x / sqrt(2))`).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    pointwise(
+        "gelu-erf",
+        x,
+        |x| x.gelu_erf(),
+        |x| {
+            let e = (0.398942 * (x.sqr()?.neg()? / 2.)?.exp()? * x)?;
+            let erf = (0.5 * (x / 2f64.sqrt())?.erf()?)?;
+            (0.5 + e + erf)?.contiguous()
+        },
+    )
+}
+
+/// `max(x, 0)`, differentiable (gradient 1 where `x >= 0`, as candle's).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    pointwise(
+        "relu",
+        x,
+        |x| x.relu(),
+        |x| x.ge(&x.zeros_like()?)?.to_dtype(x.dtype()),
+    )
 }
 
 /// Log-softmax over the last dimension, differentiable (f32 result, f64 for
@@ -382,10 +612,30 @@ pub fn token_nll_argmax(
         .map(|&l| if l == IGNORE_LABEL { 0 } else { l })
         .collect();
     let dev = logits.device();
-    let nll = token_nll(logits, &Tensor::new(safe.as_slice(), dev)?)?;
-    let keep = Tensor::new(keep.as_slice(), dev)?.to_dtype(nll.dtype())?;
-    let nll = (nll * keep)?;
+    let safe = Tensor::new(safe.as_slice(), dev)?.unsqueeze(1)?;
+    let keep = Tensor::new(keep.as_slice(), dev)?.to_dtype(stat_dtype(logits))?;
     let pred = logits.argmax(D::Minus1)?.to_vec1()?;
+    // Computed outside the graph, which keeps only the logits and the row
+    // shifts: the composition would keep three more logits-sized tensors
+    // until the backward.
+    let x = logits.detach().to_dtype(stat_dtype(logits))?;
+    let max = x.max_keepdim(D::Minus1)?;
+    let mut e = x.broadcast_sub(&max)?;
+    e = e.exp()?;
+    let shift = (e.sum_keepdim(D::Minus1)?.log()? + max)?;
+    drop(e);
+    let picked = x.gather(&safe, 1)?;
+    let nll = ((shift.clone() - picked)?.squeeze(1)? * &keep)?.contiguous()?;
+    let nll = attach1("nll", logits, nll, move |x, g| {
+        // d nll / d x = (softmax(x) - onehot(label)) * keep * grad, one
+        // logits-sized tensor replacing the last.
+        let gk = (g.to_dtype(keep.dtype())? * &keep)?.unsqueeze(1)?;
+        let mut d = x.detach().to_dtype(keep.dtype())?.broadcast_sub(&shift)?;
+        d = d.exp()?;
+        d = d.broadcast_mul(&gk)?;
+        d = d.scatter_add(&safe, &gk.neg()?, 1)?;
+        d.to_dtype(x.dtype())
+    })?;
     Ok((nll, pred))
 }
 
@@ -559,6 +809,12 @@ mod tests {
     use super::*;
     use candle_core::Var;
 
+    /// `max |a - b|` of two f64 tensors.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f64>().unwrap()
+    }
+
     /// Central finite differences of `sum(f(x) * r)` against autograd.
     fn check_grad(f: impl Fn(&Tensor) -> Result<Tensor>, shape: &[usize]) {
         let dev = Device::Cpu;
@@ -635,6 +891,73 @@ mod tests {
     }
 
     #[test]
+    fn attention_grad_matches_finite_differences_in_q_k_and_v() {
+        let dev = Device::Cpu;
+        let rand = |shape: &[usize]| {
+            Tensor::randn(0f32, 1.0, shape, &dev)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+        };
+        let (q, k, v) = (
+            rand(&[2, 3, 4, 5]),
+            rand(&[2, 3, 4, 5]),
+            rand(&[2, 3, 4, 5]),
+        );
+        // Causal, with the second text's last key masked as padding.
+        let mask = Tensor::new(&[[1f32, 1., 1., 1.], [1., 1., 1., 0.]], &dev).unwrap();
+        let bias = attention_bias(2, 4, 0, Some(&mask), None, DType::F64, &dev).unwrap();
+        let s = 0.4;
+        check_grad(|x| attention(x, &k, &v, &bias, s), &[2, 3, 4, 5]);
+        check_grad(|x| attention(&q, x, &v, &bias, s), &[2, 3, 4, 5]);
+        check_grad(|x| attention(&q, &k, x, &bias, s), &[2, 3, 4, 5]);
+        // The value is the plain composition's, tracked or not.
+        let plain = softmax_last_dim(
+            &(q.matmul(&k.t().unwrap()).unwrap() * s)
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap(),
+        )
+        .unwrap()
+        .matmul(&v)
+        .unwrap();
+        let qv = Var::from_tensor(&q).unwrap();
+        for out in [
+            attention(&q, &k, &v, &bias, s).unwrap(),
+            attention(qv.as_tensor(), &k, &v, &bias, s).unwrap(),
+        ] {
+            assert!(max_diff(&out, &plain) < 1e-12);
+        }
+    }
+
+    #[test]
+    fn activation_grads_match_finite_differences_and_candle() {
+        type Act = fn(&Tensor) -> Result<Tensor>;
+        let ours: [(Act, Act); 4] = [
+            (silu, |x| x.silu()),
+            (gelu_tanh, |x| x.gelu()),
+            (gelu_erf, |x| x.gelu_erf()),
+            (relu, |x| x.relu()),
+        ];
+        let x = (Tensor::randn(0f32, 2.0, (3, 7), &Device::Cpu).unwrap() + 0.01).unwrap();
+        let x = x.to_dtype(DType::F64).unwrap();
+        for (f, candle) in ours {
+            check_grad(f, &[3, 7]);
+            // Value and gradient as candle's own op.
+            let v = Var::from_tensor(&x).unwrap();
+            let (a, b) = (f(v.as_tensor()).unwrap(), candle(v.as_tensor()).unwrap());
+            let ga = a.sum_all().unwrap().backward().unwrap();
+            let gb = b.sum_all().unwrap().backward().unwrap();
+            assert!(max_diff(&a, &b) < 1e-12);
+            let (ga, gb) = (
+                ga.get(v.as_tensor()).unwrap(),
+                gb.get(v.as_tensor()).unwrap(),
+            );
+            assert!(max_diff(ga, gb) < 1e-12);
+        }
+    }
+
+    #[test]
     fn linear_grad_matches_finite_differences_and_matmul() {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (5, 3), &dev)
@@ -649,15 +972,25 @@ mod tests {
             .unwrap();
         let a = linear(&Kernels::default(), &x, &w, None).unwrap();
         let e = x.matmul(&w.t().unwrap()).unwrap();
-        let d = (a - e)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert!(d < 1e-12);
+        assert!(max_diff(&a, &e) < 1e-12);
+    }
+
+    #[test]
+    fn composed_nll_grad_matches_finite_differences() {
+        let labels = [3u32, IGNORE_LABEL, 0, 10];
+        check_grad(
+            |x| Ok(token_nll_argmax(&Kernels::composed(), x, &labels)?.0),
+            &[4, 11],
+        );
+        // The value is `-log_softmax` at the label.
+        let x = Tensor::randn(0f32, 1.0, (4, 11), &Device::Cpu).unwrap();
+        let (nll, _) = token_nll_argmax(&Kernels::composed(), &x, &labels).unwrap();
+        let want = token_nll(&x, &Tensor::new(&[3u32, 0, 0, 10], &Device::Cpu).unwrap()).unwrap();
+        let (nll, want): (Vec<f32>, Vec<f32>) = (nll.to_vec1().unwrap(), want.to_vec1().unwrap());
+        for i in [0, 2, 3] {
+            assert!((nll[i] - want[i]).abs() < 1e-6);
+        }
+        assert_eq!(nll[1], 0.0);
     }
 
     #[test]

@@ -341,10 +341,7 @@ impl Attention {
         let (k, v) = cache_kv(state, k, v, 2)?;
         let k = self.repeat_kv(k)?;
         let v = self.repeat_kv(v)?;
-        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * self.scale)?;
-        let scores = scores.broadcast_add(bias)?;
-        let p = ops::softmax_last_dim(&scores)?;
-        let out = p.matmul(&v.contiguous()?)?;
+        let out = ops::attention(&q, &k, &v, bias, self.scale)?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
@@ -432,10 +429,10 @@ impl Activation {
     /// Applies the activation (differentiable).
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Silu => x.silu()?,
-            Activation::Gelu => x.gelu_erf()?,
-            Activation::GeluTanh => x.gelu()?,
-            Activation::Relu => x.relu()?,
+            Activation::Silu => ops::silu(x)?,
+            Activation::Gelu => ops::gelu_erf(x)?,
+            Activation::GeluTanh => ops::gelu_tanh(x)?,
+            Activation::Relu => ops::relu(x)?,
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fetch;
 pub mod generate;
 pub mod hparams;
+pub mod memory;
 pub mod registry;
 pub mod source;
 pub mod tokenizer;
@@ -164,6 +165,14 @@ pub trait CausalLm {
 
     /// The compute dtype.
     fn dtype(&self) -> DType;
+
+    /// The estimated memory of one cramming step (forward and backward to
+    /// the inputs) on `batch` texts of `len` positions, on the composed path
+    /// (see [`memory`]); `None` where the architecture has no estimate.
+    fn memory(&self, batch: usize, len: usize) -> Option<memory::MemoryEstimate> {
+        let _ = (batch, len);
+        None
+    }
 }
 
 /// One forward pass of an attention model, as [`CausalLm`] hands it to
@@ -192,6 +201,14 @@ pub trait AttentionStack {
 
     /// Logits `[B, T, vocab]` (f32) for input embeddings `[B, T, input_size]`.
     fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor>;
+
+    /// What [`AttentionStack::stack`] leaves in the autograd graph for a
+    /// step of shape `s`, on the composed path (see [`memory`]), logits
+    /// included; `None` where it is not estimated.
+    fn kept_bytes(&self, s: memory::StepShape) -> Option<usize> {
+        let _ = s;
+        None
+    }
 }
 
 impl<M: AttentionStack> CausalLm for M {
@@ -236,6 +253,25 @@ impl<M: AttentionStack> CausalLm for M {
 
     fn dtype(&self) -> DType {
         self.base().2
+    }
+
+    fn memory(&self, batch: usize, len: usize) -> Option<memory::MemoryEstimate> {
+        let (info, _, dtype) = self.base();
+        let s = memory::StepShape {
+            batch,
+            len,
+            elem: dtype.size_in_bytes(),
+        };
+        Some(memory::MemoryEstimate {
+            weights: info.num_parameters * s.elem,
+            kept: self.kept_bytes(s)? + memory::bias_bytes(s),
+            transient: memory::transient_bytes(
+                s,
+                info.vocab_size,
+                info.num_heads,
+                info.hidden_size,
+            ),
+        })
     }
 }
 

@@ -727,16 +727,35 @@ impl GradStore {
     /// stored as it is (made contiguous if it is a strided view). (cram's patch: upstream starts every gradient from
     /// `zeros_like` and adds the first contribution to it, an activation-sized
     /// zero-fill and add per graph node and backward pass.)
+    ///
+    /// A tensor that is neither a variable nor computed from one (a constant
+    /// operand: a norm's scale, broadcast rotary tables) gets no gradient:
+    /// nothing reads it, and upstream kept an activation-sized gradient of
+    /// every broadcast constant until the store was dropped (cram's patch).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
+        if !tensor.track_op() {
+            return Ok(());
+        }
+        // Stored detached (as the backward detaches every gradient it
+        // reads): a gradient computed from tracked operands (`grad * f(x)`)
+        // would otherwise keep the graph of its computation, every
+        // temporary of it, until its node is reached (cram's patch).
+        let detach = |g: Tensor| {
+            if CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b) {
+                g
+            } else {
+                g.detach()
+            }
+        };
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum = entry.get().add(grad)?;
-                entry.insert(sum);
+                entry.insert(detach(sum));
             }
             Entry::Vacant(entry) => {
                 // Contiguous, as `zeros_like(..) + grad` was: some backward
                 // ops (the CPU matmul) reject other strides.
-                entry.insert(grad.contiguous()?);
+                entry.insert(detach(grad.contiguous()?));
             }
         }
         Ok(())

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use cram::engine::{initial_vectors, CramConfig, Engine, OptimizerConfig, StopReason};
-use cram::model::LoadedModel;
+use cram::model::{CausalLm, LoadedModel};
 
 use crate::ModelArgs;
 
@@ -57,6 +57,65 @@ pub enum BenchKind {
     /// paper's optimiser settings; median time per optimisation step and the
     /// texts per hour it implies.
     Cram(CramBenchArgs),
+    /// Peak memory of one cramming step (forward, backward to the inputs) on
+    /// B texts of L positions, estimated from the model's shapes for the
+    /// composed path (the path a GPU runs); with --measure, also the peak
+    /// this process's allocator sees during a real step on the CPU.
+    Memory(MemoryArgs),
+    /// Logits and input-embedding gradients of one step on --device
+    /// (composed kernels, the GPU's path) against the CPU (the default
+    /// kernels), both in --dtype, on B prose texts of L tokens: the largest
+    /// absolute and the relative (L2) differences, and whether they are
+    /// within the tolerances (f32: logits 1e-3 absolute, gradients 1e-3
+    /// relative; bf16/f16: both 2e-2 relative). Exits with 1 when outside.
+    Compare(CompareArgs),
+}
+
+/// Options of `cram bench compare`.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// The model, and the device and dtype to check against the CPU.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Texts in the batch.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Tokens per text.
+    #[arg(long, default_value_t = 64)]
+    pub len: usize,
+    /// Print one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Batch sizes and lengths of a step.
+#[derive(Args)]
+pub struct Sizes {
+    /// Batch sizes B, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batch: Vec<usize>,
+    /// Sequence lengths L, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    pub len: Vec<usize>,
+}
+
+/// Options of `cram bench memory`.
+#[derive(Args)]
+pub struct MemoryArgs {
+    /// The model (its weights are loaded; nothing runs without --measure).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The sizes (L: positions, vectors and prefix included).
+    #[command(flatten)]
+    pub sizes: Sizes,
+    /// Also run one step on the CPU and print the peak measured beside the
+    /// estimate (needs `--device cpu --kernels composed`, the path the
+    /// estimate describes).
+    #[arg(long)]
+    pub measure: bool,
+    /// Print one JSON line per configuration.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `cram bench fwd-bwd`.
@@ -65,12 +124,9 @@ pub struct FwdBwdArgs {
     /// The model.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Batch sizes B, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,8")]
-    pub batch: Vec<usize>,
-    /// Sequence lengths L, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "128")]
-    pub len: Vec<usize>,
+    /// The sizes.
+    #[command(flatten)]
+    pub sizes: Sizes,
     /// Timed steps per configuration (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
@@ -117,6 +173,8 @@ pub fn run(kind: &BenchKind, quiet: bool) -> anyhow::Result<()> {
     match kind {
         BenchKind::FwdBwd(a) => fwd_bwd(a, quiet),
         BenchKind::Cram(a) => cram_bench(a, quiet),
+        BenchKind::Memory(a) => memory_bench(a, quiet),
+        BenchKind::Compare(a) => compare_bench(a, quiet),
     }
 }
 
@@ -159,7 +217,7 @@ fn header(m: &LoadedModel, quiet: bool) {
 }
 
 fn fwd_bwd(a: &FwdBwdArgs, quiet: bool) -> anyhow::Result<()> {
-    check_sizes(&a.batch, &a.len)?;
+    check_sizes(&a.sizes.batch, &a.sizes.len)?;
     if a.reps == 0 {
         anyhow::bail!("--reps must be at least 1");
     }
@@ -167,40 +225,19 @@ fn fwd_bwd(a: &FwdBwdArgs, quiet: bool) -> anyhow::Result<()> {
     header(&m, quiet);
     let model = m.model.as_ref();
     let info = model.info();
-    let (h, v) = (info.input_size, info.vocab_size);
-    let dev = model.device();
     let backend = info.kernels.record().to_string();
-    for &l in &a.len {
+    for &l in &a.sizes.len {
         if l > info.context_length {
             anyhow::bail!(
                 "--len {l} exceeds the context length {}",
                 info.context_length
             );
         }
-        for &b in &a.batch {
-            // Seeded inputs at the scale of real embeddings, random labels.
-            let x0 = initial_vectors(7, b * 1000 + l, b * l * h, info.embedding_std);
-            let x = Var::from_tensor(&Tensor::from_vec(x0, (b, l, h), dev)?)?;
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((b * 1000 + l) as u64);
-            let labels: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..v as u32)).collect();
+        for &b in &a.sizes.batch {
+            let (x, labels) = step_inputs(model, b, l)?;
             let step = || -> anyhow::Result<f64> {
                 let t0 = Instant::now();
-                let xin = x.as_tensor().to_dtype(model.dtype())?;
-                let logits = model.forward(&xin, None)?;
-                // The engine's loss: the fused cross-entropy (with argmax).
-                let (nll, _) = cram::ops::token_nll_argmax(
-                    &info.kernels,
-                    &logits.reshape((b * l, v))?,
-                    &labels,
-                )?;
-                let loss = nll.mean_all()?;
-                let grads = loss.backward()?;
-                let g = grads
-                    .get(x.as_tensor())
-                    .context("no gradient reached the input embeddings")?;
-                // Reading a scalar waits for the device (CUDA) to finish.
-                let s = g.sum_all()?.to_scalar::<f32>()?;
-                anyhow::ensure!(s.is_finite(), "non-finite gradient");
+                fwd_bwd_step(model, &x, &labels)?;
                 Ok(t0.elapsed().as_secs_f64())
             };
             for _ in 0..a.warmup {
@@ -216,6 +253,7 @@ fn fwd_bwd(a: &FwdBwdArgs, quiet: bool) -> anyhow::Result<()> {
                     "{}",
                     json!({
                         "impl": "cram", "bench": "fwd_bwd", "batch": b, "len": l,
+                        "dtype": info.compute_dtype, "device": info.device,
                         "ms_per_step": round3(s * 1e3), "gflops": round3(gflops),
                         "reps": a.reps, "backend": backend,
                         "threads": candle_core::utils::get_num_threads(),
@@ -234,6 +272,226 @@ fn fwd_bwd(a: &FwdBwdArgs, quiet: bool) -> anyhow::Result<()> {
                     gflops,
                     (b * l) as f64 / s
                 );
+            }
+            std::io::stdout().flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// Seeded inputs `[b, l, input_size]` at the scale of real embeddings, and
+/// random labels.
+fn step_inputs(model: &dyn CausalLm, b: usize, l: usize) -> anyhow::Result<(Var, Vec<u32>)> {
+    let info = model.info();
+    let (h, v) = (info.input_size, info.vocab_size);
+    let x0 = initial_vectors(7, b * 1000 + l, b * l * h, info.embedding_std);
+    let x = Var::from_tensor(&Tensor::from_vec(x0, (b, l, h), model.device())?)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((b * 1000 + l) as u64);
+    let labels: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..v as u32)).collect();
+    Ok((x, labels))
+}
+
+/// One forward and backward pass to the inputs `x`, with the engine's loss
+/// (the cross-entropy with argmax) against `labels`.
+/// Returns the logits and the gradient of the inputs.
+fn fwd_bwd_step(model: &dyn CausalLm, x: &Var, labels: &[u32]) -> anyhow::Result<(Tensor, Tensor)> {
+    let (b, l, _) = x.as_tensor().dims3()?;
+    let v = model.info().vocab_size;
+    let xin = x.as_tensor().to_dtype(model.dtype())?;
+    let logits = model.forward(&xin, None)?;
+    let (nll, _) =
+        cram::ops::token_nll_argmax(&model.info().kernels, &logits.reshape((b * l, v))?, labels)?;
+    let loss = nll.mean_all()?;
+    let grads = loss.backward()?;
+    let g = grads
+        .get(x.as_tensor())
+        .context("no gradient reached the input embeddings")?;
+    // Reading a scalar waits for the device (CUDA) to finish.
+    let s = g.sum_all()?.to_scalar::<f32>()?;
+    anyhow::ensure!(s.is_finite(), "non-finite gradient");
+    Ok((logits.detach(), g.clone()))
+}
+
+/// `(max |a - b|, ||a - b|| / ||b||)` of two tensors of one shape.
+fn differences(a: &Tensor, b: &Tensor) -> anyhow::Result<(f64, f64)> {
+    let a = a
+        .to_device(&candle_core::Device::Cpu)?
+        .to_dtype(candle_core::DType::F64)?;
+    let b = b
+        .to_device(&candle_core::Device::Cpu)?
+        .to_dtype(candle_core::DType::F64)?;
+    let d = (&a - &b)?;
+    let max = d.abs()?.max_all()?.to_scalar::<f64>()?;
+    let norm =
+        |t: &Tensor| -> anyhow::Result<f64> { Ok(t.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt()) };
+    Ok((max, norm(&d)? / norm(&b)?.max(f64::MIN_POSITIVE)))
+}
+
+fn compare_bench(a: &CompareArgs, quiet: bool) -> anyhow::Result<()> {
+    check_sizes(&[a.batch], &[a.len])?;
+    let dev_model = a.model.load_with(cram::kernels::Kernels::composed())?;
+    let cpu_args = ModelArgs {
+        model: a.model.model.clone(),
+        dtype: a.model.dtype.clone(),
+        device: "cpu".into(),
+    };
+    let cpu = cpu_args.load()?;
+    let info = cpu.model.info();
+    if a.len > info.context_length {
+        anyhow::bail!(
+            "--len {} exceeds the context length {}",
+            a.len,
+            info.context_length
+        );
+    }
+    header(&dev_model, quiet);
+    // Real text: the embeddings of prose, the next tokens as labels.
+    let texts = prose_texts(&cpu, a.batch, a.len + 1)?;
+    let ids: Vec<u32> = texts
+        .iter()
+        .flat_map(|t| t[..a.len].iter().copied())
+        .collect();
+    let labels: Vec<u32> = texts.iter().flat_map(|t| t[1..].iter().copied()).collect();
+    let ids = Tensor::from_vec(ids, (a.batch, a.len), &candle_core::Device::Cpu)?;
+    let x = cpu.model.embed(&ids)?.to_dtype(candle_core::DType::F32)?;
+    // (Both sides take f32 inputs and cast them to their dtype.)
+    let (ref_logits, ref_grad) = fwd_bwd_step(cpu.model.as_ref(), &Var::from_tensor(&x)?, &labels)?;
+    let model = dev_model.model.as_ref();
+    let xd = Var::from_tensor(&x.to_device(model.device())?)?;
+    let (logits, grad) = fwd_bwd_step(model, &xd, &labels)?;
+    let (logits_abs, logits_rel) = differences(&logits, &ref_logits)?;
+    let (grad_abs, grad_rel) = differences(&grad, &ref_grad)?;
+    let f32 = model.dtype() == candle_core::DType::F32;
+    let pass = if f32 {
+        logits_abs <= 1e-3 && grad_rel <= 1e-3
+    } else {
+        logits_rel <= 2e-2 && grad_rel <= 2e-2
+    };
+    let sci = |x: f64| format!("{x:.2e}");
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "impl": "cram", "bench": "compare", "batch": a.batch, "len": a.len,
+                "model": dev_model.spec, "device": model.info().device,
+                "dtype": model.info().compute_dtype,
+                "backend": model.info().kernels.record().to_string(),
+                "logits_max_abs": logits_abs, "logits_rel": logits_rel,
+                "grad_max_abs": grad_abs, "grad_rel": grad_rel,
+                "tolerance": if f32 { "logits 1e-3 abs, gradients 1e-3 rel" } else { "2e-2 rel" },
+                "pass": pass,
+            })
+        );
+    } else {
+        println!(
+            "compare {} {} vs cpu, B={} L={}: logits max abs {}, rel {}; gradients max abs {}, rel {}: {}",
+            model.info().device,
+            model.info().compute_dtype,
+            a.batch,
+            a.len,
+            sci(logits_abs),
+            sci(logits_rel),
+            sci(grad_abs),
+            sci(grad_rel),
+            if pass { "within tolerance" } else { "OUTSIDE tolerance" }
+        );
+    }
+    std::io::stdout().flush()?;
+    if !pass {
+        // Not a usage error: the numbers disagree.
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Bytes in MiB, rounded to 0.1.
+fn mib(bytes: usize) -> f64 {
+    (bytes as f64 / (1 << 20) as f64 * 10.0).round() / 10.0
+}
+
+fn memory_bench(a: &MemoryArgs, quiet: bool) -> anyhow::Result<()> {
+    check_sizes(&a.sizes.batch, &a.sizes.len)?;
+    let m = a.model.load()?;
+    let model = m.model.as_ref();
+    let info = model.info();
+    if model.memory(1, 1).is_none() {
+        anyhow::bail!(
+            "no memory estimate for the {} architecture",
+            info.architecture
+        );
+    }
+    if a.measure {
+        if !model.device().is_cpu() {
+            anyhow::bail!("--measure: the peak is measured on the cpu (give --device cpu)");
+        }
+        if info.kernels.fused && model.dtype() == candle_core::DType::F32 {
+            anyhow::bail!(
+                "--measure: the estimate is of the composed path, but f32 on the cpu runs the \
+                 fused kernels (add --kernels composed)"
+            );
+        }
+        if cram::alloc::live_bytes() == 0 {
+            anyhow::bail!("--measure: this program does not count its allocations");
+        }
+    }
+    if let Some(l) = a.sizes.len.iter().find(|&&l| l > info.context_length) {
+        anyhow::bail!(
+            "--len {l} exceeds the context length {}",
+            info.context_length
+        );
+    }
+    header(&m, quiet);
+    for &l in &a.sizes.len {
+        for &b in &a.sizes.batch {
+            let est = model.memory(b, l).context("no memory estimate")?;
+            let measured = if a.measure {
+                let (x, labels) = step_inputs(model, b, l)?;
+                // The second of two steps: the first also allocates the
+                // thread pools' and the BLAS library's buffers.
+                let mut peak = 0;
+                for _ in 0..2 {
+                    let base = cram::alloc::live_bytes();
+                    cram::alloc::reset_peak();
+                    fwd_bwd_step(model, &x, &labels)?;
+                    peak = cram::alloc::peak_bytes().saturating_sub(base);
+                }
+                Some(peak)
+            } else {
+                None
+            };
+            let ratio = measured.map(|p| round3(est.activations() as f64 / p.max(1) as f64));
+            if a.json {
+                println!(
+                    "{}",
+                    json!({
+                        "impl": "cram", "bench": "memory", "batch": b, "len": l,
+                        "model": m.spec, "architecture": info.architecture,
+                        "dtype": info.compute_dtype, "device": info.device,
+                        "backend": info.kernels.record().to_string(),
+                        "weights_bytes": est.weights, "kept_bytes": est.kept,
+                        "transient_bytes": est.transient,
+                        "estimate_activation_bytes": est.activations(),
+                        "estimate_peak_bytes": est.peak(),
+                        "measured_activation_bytes": measured,
+                        "estimate_over_measured": ratio,
+                    })
+                );
+            } else {
+                let mut line = format!(
+                    "memory B={b} L={l}: estimated peak {} MiB = weights {} + kept {} + transient {}",
+                    mib(est.peak()),
+                    mib(est.weights),
+                    mib(est.kept),
+                    mib(est.transient)
+                );
+                if let (Some(p), Some(r)) = (measured, ratio) {
+                    line += &format!(
+                        "; activations measured {} MiB, estimated {} MiB (ratio {r})",
+                        mib(p),
+                        mib(est.activations())
+                    );
+                }
+                println!("{line}");
             }
             std::io::stdout().flush()?;
         }
@@ -354,6 +612,7 @@ fn cram_bench(a: &CramBenchArgs, quiet: bool) -> anyhow::Result<()> {
                     "{}",
                     json!({
                         "impl": "cram", "bench": "cram", "batch": b, "len": l,
+                        "dtype": model.info().compute_dtype, "device": model.info().device,
                         "ms_per_step": round3(s * 1e3), "gflops": round3(gflops),
                         "steps_per_text": a.steps_per_text,
                         "texts_per_hour": round3(texts_per_hour),

@@ -16,6 +16,7 @@ use crate::blocks::{
 };
 use crate::error::{CramError, Result};
 use crate::hparams::{Gguf, Json};
+use crate::memory::{bias_bytes, stack_kept, StepShape};
 use crate::registry::{Architecture, GgufArchitecture};
 use crate::weights::{map_gguf_name, Weights};
 use crate::{tensor_std, AttentionStack, ModelInfo, Pass};
@@ -565,6 +566,38 @@ impl AttentionStack for Gemma3 {
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         Ok((self.embed.forward(ids)? * self.embed_scale)?)
+    }
+
+    fn kept_bytes(&self, s: StepShape) -> Option<usize> {
+        let h = self.info.hidden_size;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let rotary = if l.sliding {
+                    &self.rotary_local
+                } else {
+                    &self.rotary_global
+                };
+                let norms = [
+                    &l.input_norm,
+                    &l.post_attn_norm,
+                    &l.pre_ffn_norm,
+                    &l.post_ffn_norm,
+                ];
+                norms.iter().map(|n| n.kept_bytes(s, h)).sum::<usize>()
+                    + l.attn.kept_bytes(s, Some(2 * rotary.inv_freq.len()), false)
+                    + l.mlp.kept_bytes(s)
+                    + 2 * s.act(h)
+            })
+            .sum();
+        // The sliding layers' own mask, and the soft-capping's three
+        // logits-sized f32 tensors.
+        let v = self.info.vocab_size;
+        let softcap = self
+            .final_logit_softcapping
+            .map_or(0, |_| 3 * s.rows() * v * 4);
+        Some(bias_bytes(s) + softcap + stack_kept(s, layers, Some(&self.norm), &self.lm_head))
     }
 
     fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor> {

@@ -10,6 +10,7 @@ use crate::blocks::{
 };
 use crate::error::{CramError, Result};
 use crate::hparams::{Gguf, Json};
+use crate::memory::{stack_kept, StepShape};
 use crate::registry::{Architecture, GgufArchitecture};
 use crate::weights::{map_gguf_name, Weights};
 use crate::{tensor_std, AttentionStack, DecodeState, ModelInfo, Pass};
@@ -299,6 +300,17 @@ impl AttentionStack for Gpt2 {
 
     fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
         self.run(embeds, pass.start, &pass.bias, pass.state)
+    }
+
+    fn kept_bytes(&self, s: StepShape) -> Option<usize> {
+        // The position embeddings' sum, then the layers.
+        let h = self.info.hidden_size;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.kept_bytes(s, None))
+            .sum::<usize>();
+        Some(s.act(h) + stack_kept(s, layers, Some(&self.ln_f), &self.lm_head))
     }
 }
 

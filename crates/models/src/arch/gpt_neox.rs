@@ -11,6 +11,7 @@ use crate::blocks::{
 };
 use crate::error::{CramError, Result};
 use crate::hparams::{Gguf, Json};
+use crate::memory::{stack_kept, StepShape};
 use crate::registry::{Architecture, GgufArchitecture};
 use crate::weights::{map_gguf_name, Weights};
 use crate::{tensor_std, AttentionStack, DecodeState, ModelInfo, Pass};
@@ -371,6 +372,12 @@ impl AttentionStack for GptNeoX {
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         self.embed.forward(ids)
+    }
+
+    fn kept_bytes(&self, s: StepShape) -> Option<usize> {
+        let rot = (!self.rotary.inv_freq.is_empty()).then_some(2 * self.rotary.inv_freq.len());
+        let layers = self.layers.iter().map(|l| l.kept_bytes(s, rot)).sum();
+        Some(stack_kept(s, layers, Some(&self.final_norm), &self.head))
     }
 
     fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor> {

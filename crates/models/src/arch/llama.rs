@@ -10,6 +10,7 @@ use crate::blocks::{
 };
 use crate::error::{CramError, Result};
 use crate::hparams::{Gguf, Json};
+use crate::memory::{stack_kept, StepShape};
 use crate::registry::{Architecture, GgufArchitecture};
 use crate::weights::{map_gguf_name, Weights};
 use crate::{tensor_std, AttentionStack, DecodeState, ModelInfo, Pass};
@@ -419,6 +420,13 @@ impl AttentionStack for Llama {
 
     fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
         self.run(embeds, pass.start, &pass.bias, pass.state)
+    }
+
+    fn kept_bytes(&self, s: StepShape) -> Option<usize> {
+        let rot = Some(2 * self.rotary.inv_freq.len());
+        let clip = self.clip_qkv.is_some();
+        let layers = self.layers.iter().map(|l| l.kept_bytes(s, rot, clip)).sum();
+        Some(stack_kept(s, layers, Some(&self.norm), &self.lm_head))
     }
 }
 

@@ -291,7 +291,7 @@ impl Mixer {
             };
         }
         let y = (y + xs.to_dtype(sd)?.broadcast_mul(&self.d)?)?;
-        let y = (y * z.to_dtype(sd)?.silu()?)?.to_dtype(xs.dtype())?;
+        let y = (y * cram_kernels::ops::silu(&z.to_dtype(sd)?)?)?.to_dtype(xs.dtype())?;
         self.out_proj.forward(&y)
     }
 }

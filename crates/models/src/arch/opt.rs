@@ -16,6 +16,7 @@ use crate::blocks::{
 };
 use crate::error::{CramError, Result};
 use crate::hparams::Json;
+use crate::memory::{stack_kept, StepShape};
 use crate::registry::Architecture;
 use crate::weights::Weights;
 use crate::{tensor_std, AttentionStack, DecodeState, ModelInfo, Pass};
@@ -295,6 +296,23 @@ impl AttentionStack for Opt {
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         self.embed.forward(ids)
+    }
+
+    fn kept_bytes(&self, s: StepShape) -> Option<usize> {
+        // The projections in and out, the position embeddings' sum, the
+        // layers.
+        let projections = [&self.project_in, &self.project_out]
+            .into_iter()
+            .flatten()
+            .map(|p| p.kept_bytes(s))
+            .sum::<usize>();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.kept_bytes(s, None))
+            .sum::<usize>();
+        let sum = s.act(self.info.hidden_size);
+        Some(projections + sum + stack_kept(s, layers, self.final_norm.as_ref(), &self.lm_head))
     }
 
     fn stack(&self, embeds: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
