@@ -33,41 +33,33 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// A setting that is on unless `value` says off: `on`/`1` or the word `on`
+/// for on, `off`/`0` or the word `off` for off; `var` names the variable in
+/// the error.
+fn switch(var: &str, value: Option<&str>, on: &str, off: &str) -> anyhow::Result<bool> {
+    match value {
+        None => Ok(true),
+        Some(v) if v == on || v == "on" || v == "1" => Ok(true),
+        Some(v) if v == off || v == "off" || v == "0" => Ok(false),
+        Some(other) => anyhow::bail!("{var}: unknown value `{other}` (expected on or off)"),
+    }
+}
+
 impl KernelArgs {
     /// The settings: each flag, else its environment variable, else the
     /// default.
     pub fn settings(&self) -> anyhow::Result<KernelSettings> {
         let d = KernelSettings::default();
-        let fused = match self
-            .kernels
-            .clone()
-            .or_else(|| env("CRAM_FUSED"))
-            .as_deref()
-        {
-            None | Some("fused" | "on" | "1") => true,
-            Some("composed" | "off" | "0") => false,
-            Some(other) => {
-                anyhow::bail!("CRAM_FUSED: unknown value `{other}` (expected on or off)")
-            }
-        };
+        let kernels = self.kernels.clone().or_else(|| env("CRAM_FUSED"));
+        let fused = switch("CRAM_FUSED", kernels.as_deref(), "fused", "composed")?;
         let blas = match self.blas.clone().or_else(|| env("CRAM_BLAS")) {
             None => d.blas,
             Some(s) => s
                 .parse::<BlasChoice>()
                 .map_err(|e| anyhow::anyhow!("--blas: {e}"))?,
         };
-        let blas_split = match self
-            .blas_split
-            .clone()
-            .or_else(|| env("CRAM_BLAS_SPLIT"))
-            .as_deref()
-        {
-            None | Some("on" | "1") => true,
-            Some("off" | "0") => false,
-            Some(other) => {
-                anyhow::bail!("CRAM_BLAS_SPLIT: unknown value `{other}` (expected on or off)")
-            }
-        };
+        let split = self.blas_split.clone().or_else(|| env("CRAM_BLAS_SPLIT"));
+        let blas_split = switch("CRAM_BLAS_SPLIT", split.as_deref(), "on", "off")?;
         Ok(KernelSettings {
             fused,
             blas,

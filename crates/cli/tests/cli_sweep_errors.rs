@@ -177,6 +177,11 @@ fn length_beyond_the_context() {
         &config("", GOOD_DATASET).replace("lengths = [4]", "lengths = [4, 256]"),
         &["length 256 with 1 vector(s) exceeds the context length 256"],
     );
+    // With a sink token in front of the vectors, one position less fits.
+    expect_refused(
+        &config(r#"sink = "auto""#, GOOD_DATASET).replace("lengths = [4]", "lengths = [4, 255]"),
+        &["length 255 with 1 vector(s) and the sink token exceeds the context length 256"],
+    );
 }
 
 #[test]

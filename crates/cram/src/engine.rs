@@ -205,19 +205,7 @@ impl std::fmt::Display for Init {
     }
 }
 
-impl Serialize for Init {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Init {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+serde_as_string!(Init);
 
 /// Engine settings: the protocol they started from, the vectors, the
 /// layout, the loss, the seed, the initialisation and the optimiser.
@@ -420,6 +408,13 @@ pub fn decode_batch(
     let Some(max) = items.iter().map(|it| it.count).max() else {
         return Ok(Vec::new());
     };
+    // `[1, H]` embedding of one token.
+    let embed = |id: u32| -> Result<Tensor> {
+        Ok(model
+            .embed(&Tensor::new(&[id], dev)?.unsqueeze(0)?)?
+            .squeeze(0)?)
+    };
+    let sink = layout.sink.map(embed).transpose()?;
     let mut rows = Vec::with_capacity(items.len());
     for it in items {
         if it.vectors.len() != n_mem * h {
@@ -429,28 +424,14 @@ pub fn decode_batch(
                 it.vectors.len() / n_mem.max(1)
             )));
         }
-        let mut ids: Vec<u32> = layout.sink.into_iter().collect();
         let mem = Tensor::from_slice(it.vectors, (n_mem, h), dev)?.to_dtype(model.dtype())?;
-        let mut parts = Vec::with_capacity(3);
-        if !ids.is_empty() {
-            parts.push(
-                model
-                    .embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?
-                    .squeeze(0)?,
-            );
-        }
+        let mut parts: Vec<Tensor> = sink.iter().cloned().collect();
         parts.push(mem);
         if loss == LossConvention::Paper {
             let first = it.first_token.ok_or_else(|| {
                 CramError::Input("the paper convention needs the text's first token".into())
             })?;
-            ids.clear();
-            ids.push(first);
-            parts.push(
-                model
-                    .embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?
-                    .squeeze(0)?,
-            );
+            parts.push(embed(first)?);
         }
         rows.push(Tensor::cat(&parts, 0)?);
     }

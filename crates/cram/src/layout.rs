@@ -57,18 +57,7 @@ impl std::fmt::Display for Sink {
     }
 }
 
-impl Serialize for Sink {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Sink {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_string!(Sink);
 
 impl Sink {
     /// No sink: the layout of files and stores written before sinks existed.

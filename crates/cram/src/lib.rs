@@ -10,6 +10,31 @@
 
 #![warn(missing_docs)]
 
+/// Implements `Serialize` as the type's `Display` string and `Deserialize`
+/// through its `FromStr` (settings written as `--flag` values: `auto`,
+/// `token:0`).
+macro_rules! serde_as_string {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod datasets;
 pub mod engine;
 pub mod layout;

@@ -348,7 +348,7 @@ impl RunLock {
 }
 
 /// `db` with `ext` (`-wal`, `-shm`) appended: SQLite's side files.
-fn side_file(db: &Path, ext: &str) -> PathBuf {
+pub fn side_file(db: &Path, ext: &str) -> PathBuf {
     PathBuf::from(format!("{}{ext}", db.display()))
 }
 

@@ -1,8 +1,6 @@
 //! Layouts (what stands in front of the vectors) and the batched decoder,
 //! on the small random fixtures of every architecture.
 
-use std::path::PathBuf;
-
 use candle_core::Tensor;
 use cram::engine::{
     decode_batch, decode_vectors, initial_vectors, CramConfig, DecodeItem, Engine, LossConvention,
@@ -10,14 +8,11 @@ use cram::engine::{
 };
 use cram::layout::{Layout, Sink};
 use cram::memfile::{self, MemMeta, ModelIdentity};
-use cram::model::{load, LoadOptions, LoadedModel};
+use cram::model::LoadedModel;
 use cram::protocol::Protocol;
 
 fn fixture(name: &str) -> LoadedModel {
-    let dir = PathBuf::from(cram_testkit::REPO_ROOT)
-        .join("tests/fixtures")
-        .join(name);
-    load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
+    cram_testkit::reference::load(&cram_testkit::reference::fixture_dir(name))
 }
 
 const FIXTURES: [&str; 7] = [

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use cram::error::{CramError, Result};
 use cram::metrics::DEFAULT_BITS;
-use cram::store::CellRecord;
+use cram::store::{side_file, CellRecord};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +236,7 @@ pub fn export_run(run_dir: &Path, format: Format, path: &Path) -> Result<usize> 
     let inputs = cram::store::run_databases(run_dir)?;
     let out = std::fs::canonicalize(path).ok();
     for db in &inputs {
-        for f in [db.clone(), side(db, "-wal"), side(db, "-shm")] {
+        for f in [db.clone(), side_file(db, "-wal"), side_file(db, "-shm")] {
             if out.is_some() && std::fs::canonicalize(&f).ok() == out {
                 return Err(CramError::bad_file(
                     path,
@@ -248,10 +248,6 @@ pub fn export_run(run_dir: &Path, format: Format, path: &Path) -> Result<usize> 
     let run = cram::store::load_run(run_dir)?;
     export(&run.cells, format, path)?;
     Ok(run.cells.len())
-}
-
-fn side(db: &Path, ext: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("{}{ext}", db.display()))
 }
 
 /// The Parquet schema of [`COLUMNS`].

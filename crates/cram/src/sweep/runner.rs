@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crate::engine::{Engine, StepReport};
 use crate::error::{CramError, Result};
+use crate::layout::Layout;
 use crate::memfile::{tokens_sha256, ModelIdentity};
 use crate::metrics::Cell;
 use crate::model::LoadedModel;
@@ -119,26 +120,28 @@ type Tokens = HashMap<(usize, usize), Vec<Vec<u32>>>;
 
 /// Checks a loaded model against its cells (context length, text tokens,
 /// and that finished cells were made from the same tokens) and tokenises
-/// the texts, keyed by (dataset, length).
+/// the texts, keyed by (dataset, length); also returns the layout, the
+/// configuration's sink resolved for the model's tokenizer.
 fn prepare(
     p: &Plan,
     lm: &LoadedModel,
     chunks: &[&Chunk],
     done: &HashMap<super::CellKey, String>,
-) -> Result<Tokens> {
+) -> Result<(Tokens, Layout)> {
     let spec = &lm.spec;
     let ctx = lm.model.info().context_length;
+    let layout = p.cfg.sink.resolve(&lm.tokenizer)?;
     for c in chunks {
-        if c.length + c.n_mem > ctx {
+        if layout.prefix_len() + c.n_mem + c.length > ctx {
             return Err(CramError::Input(format!(
-                "{}: lengths: length {} with {} vector(s) exceeds the context length {ctx} of model `{spec}`",
+                "{}: lengths: length {} with {} vector(s){} exceeds the context length {ctx} of model `{spec}`",
                 p.path.display(),
                 c.length,
-                c.n_mem
+                c.n_mem,
+                if layout.prefix_len() > 0 { " and the sink token" } else { "" }
             )));
         }
     }
-    let layout = p.cfg.sink.resolve(&lm.tokenizer)?;
     let mut tokens = HashMap::new();
     for c in chunks {
         let key = (c.dataset, c.length);
@@ -146,7 +149,11 @@ fn prepare(
             e.insert(p.datasets[c.dataset].tokens(&lm.tokenizer, &layout, c.length)?);
         }
         let ids = &tokens[&key];
-        let engine = Engine::new(lm, p.cfg.cram_config(c.n_mem))?;
+        let engine = Engine::with_layout(
+            lm.model.as_ref(),
+            p.cfg.cram_config(c.n_mem),
+            layout.clone(),
+        )?;
         for s in c.samples.clone() {
             let k = p.grid.key(c, s);
             let what = format!(
@@ -161,7 +168,7 @@ fn prepare(
             }
         }
     }
-    Ok(tokens)
+    Ok((tokens, layout))
 }
 
 /// Runs the cells of `opts.shard` of `p` that the run folder does not hold
@@ -263,7 +270,7 @@ pub fn run(
             load(spec, &p.cfg.dtype),
             format!("{}: model `{spec}`", p.path.display()),
         )?;
-        let tokens = prepare(p, &lm, chunks, &done)?;
+        let (tokens, layout) = prepare(p, &lm, chunks, &done)?;
         let mut short: std::collections::BTreeMap<(usize, usize), usize> = Default::default();
         for c in chunks.iter().filter(|c| !p.datasets[c.dataset].is_random()) {
             let ids = &tokens[&(c.dataset, c.length)];
@@ -283,8 +290,7 @@ pub fn run(
         let identity = ModelIdentity::of(&lm)?;
         let info = lm.model.info();
         let backend = serde_json::to_string(&info.backend()).expect("a backend serialises");
-        let layout_json = serde_json::to_string(&p.cfg.sink.resolve(&lm.tokenizer)?)
-            .expect("a layout serialises");
+        let layout_json = serde_json::to_string(&layout).expect("a layout serialises");
         if store.is_none() {
             store = Some(open_store()?);
         }
@@ -298,7 +304,11 @@ pub fn run(
             if pending.is_empty() {
                 continue;
             }
-            let engine = Engine::new(&lm, p.cfg.cram_config(c.n_mem))?;
+            let engine = Engine::with_layout(
+                lm.model.as_ref(),
+                p.cfg.cram_config(c.n_mem),
+                layout.clone(),
+            )?;
             let ids = &tokens[&(c.dataset, c.length)];
             progress.group(&format!(
                 "{} / {} / length {} / {} vector(s)",
