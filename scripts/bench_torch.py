@@ -125,6 +125,8 @@ def main():
             "gflops": round(4.0 * n_params * B * L / (ms / 1000.0) / 1e9, 3),
             "reps": args.steps,
             "backend": f"torch {torch.__version__} {args.device} {args.dtype}",
+            "dtype": {"float32": "f32", "bfloat16": "bf16"}[args.dtype],
+            "device": args.device,
             "threads": torch.get_num_threads(),
         }
         if args.json:
