@@ -16,8 +16,8 @@
 
 use crate::blocks::{Attention, GatedLayer, GatedMlp, Linear, LnLayer, Mlp, Norm};
 
-/// Bytes of one f32 value: statistics (norms, softmax) are computed in f32.
-const F32: usize = 4;
+/// Bytes of one f32 value: statistics (norms, softmax) and logits are f32.
+pub const F32: usize = 4;
 
 /// The sizes of one step's activations: `rows = B * T` positions of `T`
 /// each, in a compute dtype of `elem` bytes.
@@ -197,16 +197,25 @@ impl Mlp {
     }
 }
 
+/// What a transformer layer keeps: its `norms` on the residual width (that
+/// of `attn`'s output), its attention and MLP (`branches` bytes), and the
+/// two residual sums.
+pub fn layer_kept(s: StepShape, attn: &Attention, norms: &[&Norm], branches: usize) -> usize {
+    let h = attn.o.w.dim(0).unwrap_or(0);
+    norms.iter().map(|n| n.kept_bytes(s, h)).sum::<usize>() + branches + 2 * s.act(h)
+}
+
 impl GatedLayer {
     /// What a pre-norm gated layer keeps: two norms, attention, MLP and the
     /// two residual sums.
     pub fn kept_bytes(&self, s: StepShape, rot: Option<usize>, clip: bool) -> usize {
-        let h = self.attn.o.w.dim(0).unwrap_or(0);
-        self.input_norm.kept_bytes(s, h)
-            + self.attn.kept_bytes(s, rot, clip)
-            + self.post_norm.kept_bytes(s, h)
-            + self.mlp.kept_bytes(s)
-            + 2 * s.act(h)
+        let branches = self.attn.kept_bytes(s, rot, clip) + self.mlp.kept_bytes(s);
+        layer_kept(
+            s,
+            &self.attn,
+            &[&self.input_norm, &self.post_norm],
+            branches,
+        )
     }
 }
 
@@ -214,12 +223,8 @@ impl LnLayer {
     /// What a LayerNorm-family layer keeps: two norms, attention, MLP and
     /// the two residual sums (whatever the residual scheme).
     pub fn kept_bytes(&self, s: StepShape, rot: Option<usize>) -> usize {
-        let h = self.attn.o.w.dim(0).unwrap_or(0);
-        self.attn_norm.kept_bytes(s, h)
-            + self.attn.kept_bytes(s, rot, false)
-            + self.mlp_norm.kept_bytes(s, h)
-            + self.mlp.kept_bytes(s)
-            + 2 * s.act(h)
+        let branches = self.attn.kept_bytes(s, rot, false) + self.mlp.kept_bytes(s);
+        layer_kept(s, &self.attn, &[&self.attn_norm, &self.mlp_norm], branches)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::blocks::{
 };
 use crate::error::{CramError, Result};
 use crate::hparams::{Gguf, Json};
-use crate::memory::{bias_bytes, stack_kept, StepShape};
+use crate::memory::{bias_bytes, layer_kept, stack_kept, StepShape, F32};
 use crate::registry::{Architecture, GgufArchitecture};
 use crate::weights::{map_gguf_name, Weights};
 use crate::{tensor_std, AttentionStack, ModelInfo, Pass};
@@ -569,7 +569,6 @@ impl AttentionStack for Gemma3 {
     }
 
     fn kept_bytes(&self, s: StepShape) -> Option<usize> {
-        let h = self.info.hidden_size;
         let layers = self
             .layers
             .iter()
@@ -585,10 +584,8 @@ impl AttentionStack for Gemma3 {
                     &l.pre_ffn_norm,
                     &l.post_ffn_norm,
                 ];
-                norms.iter().map(|n| n.kept_bytes(s, h)).sum::<usize>()
-                    + l.attn.kept_bytes(s, Some(2 * rotary.inv_freq.len()), false)
-                    + l.mlp.kept_bytes(s)
-                    + 2 * s.act(h)
+                let attn = l.attn.kept_bytes(s, Some(2 * rotary.inv_freq.len()), false);
+                layer_kept(s, &l.attn, &norms, attn + l.mlp.kept_bytes(s))
             })
             .sum();
         // The sliding layers' own mask, and the soft-capping's three
@@ -596,7 +593,7 @@ impl AttentionStack for Gemma3 {
         let v = self.info.vocab_size;
         let softcap = self
             .final_logit_softcapping
-            .map_or(0, |_| 3 * s.rows() * v * 4);
+            .map_or(0, |_| 3 * s.rows() * v * F32);
         Some(bias_bytes(s) + softcap + stack_kept(s, layers, Some(&self.norm), &self.lm_head))
     }
 
