@@ -25,15 +25,7 @@ CRAM=target/debug/cram
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
-# The study's texts: k * n / 8 for k = 0..7.
-python3 - "$DATA" "$NTEXTS" >"$OUT/texts.jsonl" <<'PY'
-import csv, json, sys
-csv.field_size_limit(1 << 30)
-rows = list(csv.DictReader(open(sys.argv[1], encoding="utf-8")))
-k = int(sys.argv[2])
-for i in range(k):
-    print(json.dumps({"text": rows[i * len(rows) // k]["text"]}))
-PY
+python3 scripts/study_texts.py "$DATA" "$NTEXTS" >"$OUT/texts.jsonl"
 
 now() { date +%s.%N; }
 echo "[1/2] cram, default protocol, B = 8 ..." >&2

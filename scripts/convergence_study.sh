@@ -38,6 +38,8 @@ stage() {
         gemma16) run gemma3-270m 16 'cram=' "init randn=$R" "sink none ([mem, BOS, text]), init randn=$R --sink none" ;;
         smol16b) run smollm2-135m 16 'lr 0.03=--lr 0.03 --min-lr 0.003' 'lr 0.01=--lr 0.01 --min-lr 0.001' \
             'init token=--init token:0' 'betas 0.9/0.99=--beta2 0.99' ;;
+        gemma16b) run gemma3-270m 16 'lr 0.03=--lr 0.03 --min-lr 0.003' 'lr 0.01=--lr 0.01 --min-lr 0.001' \
+            'init token=--init token:0' 'betas 0.9/0.99=--beta2 0.99' ;;
         smol32b) run smollm2-135m 32 'sink none=--sink none' 'betas 0.9/0.99=--beta2 0.99' ;;
         gemma32) run gemma3-270m 32 'cram=' "$PAPER" ;;
         paper32) run smollm2-135m 32 'paper, 1400 steps=--protocol paper --max-steps 1400' ;;
@@ -46,5 +48,5 @@ stage() {
     esac
 }
 STAGES=("$@")
-[ ${#STAGES[@]} -gt 0 ] || STAGES=(smol16 smol32 gemma16 gemma32 smol16b smol32b paper32 long)
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(smol16 smol32 gemma16 gemma32 smol16b gemma16b smol32b paper32 long)
 for s in "${STAGES[@]}"; do stage "$s"; done

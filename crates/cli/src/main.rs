@@ -53,6 +53,15 @@ enum Command {
         #[command(flatten)]
         args: Box<commands::compress::CompressArgs>,
     },
+    /// Find how many tokens each text's vectors hold: the horizon, the
+    /// longest prefix greedy decoding reproduces, by a resumable stage
+    /// search (gallop or step:K) with warm starts.
+    Capacity {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        args: Box<commands::capacity::CapacityArgs>,
+    },
     /// Regenerate the text from a file written by `cram compress`.
     Decompress {
         #[command(flatten)]
@@ -211,6 +220,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compress { model, args } => {
             let m = model.load()?;
             commands::compress::compress(&m, &args, cli.quiet)?;
+        }
+        Command::Capacity { model, args } => {
+            let m = model.load()?;
+            commands::capacity::capacity(&m, &args, cli.quiet)?;
         }
         Command::Decompress { model, file, json } => {
             let m = model.load()?;

@@ -333,13 +333,66 @@ pub struct StepReport {
     pub mean_accuracy: f64,
 }
 
-/// Per-text optimisation state: f32 master vectors and AdamW moments.
+/// The optimisation state of one text's vectors: the f32 master vectors
+/// (row-major `[n_mem, input_size]`), AdamW's moments and its update count.
+/// A warm start (`cram capacity`) carries it from one target to the next.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OptState {
+    /// The vectors.
+    pub params: Vec<f32>,
+    /// AdamW's first moment.
+    pub m: Vec<f32>,
+    /// AdamW's second moment.
+    pub v: Vec<f32>,
+    /// Updates done so far (AdamW's bias corrections use it).
+    pub t: usize,
+}
+
+impl OptState {
+    /// Fresh moments around the vectors `params`.
+    pub fn start(params: Vec<f32>) -> Self {
+        let n = params.len();
+        Self {
+            params,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+        }
+    }
+}
+
+/// One text of a forward/backward ([`Engine::step_batch`]): its vectors, its
+/// token ids and their embeddings `[len, input_size]` (see
+/// [`Engine::embed_tokens`]).
+pub struct StepItem<'a> {
+    /// The vectors, row-major `[n_mem, input_size]`.
+    pub params: &'a [f32],
+    /// The target tokens.
+    pub ids: &'a [u32],
+    /// Their embeddings.
+    pub embeds: &'a Tensor,
+}
+
+/// What one forward/backward tells about one text.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// Mean loss over the predicted tokens.
+    pub loss: f64,
+    /// Teacher-forced accuracy over the predicted tokens.
+    pub accuracy: f64,
+    /// Leading tokens of the text predicted right (teacher-forced; the
+    /// `paper` convention's given first token counts as right): the length
+    /// of the prefix a greedy decoding reproduces, up to ties in the
+    /// logits.
+    pub correct_prefix: usize,
+    /// Gradient of the mean loss with respect to the vectors.
+    pub grad: Vec<f32>,
+}
+
+/// Per-text state of [`Engine::run`].
 struct Slot {
     ids: Vec<u32>,
-    params: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
-    t: usize,
+    state: OptState,
     best: Option<(f64, f64, usize, Vec<f32>)>,
     best_acc_step: usize,
     loss_curve: Vec<f32>,
@@ -588,25 +641,12 @@ impl<'a> Engine<'a> {
             self.check_text(ids)?;
         }
         let start = Instant::now();
-        let model = self.model;
-        let info = model.info();
-        let h = info.input_size;
-        let n = self.cfg.n_mem;
-        let dev = model.device().clone();
         let mut slots: Vec<Slot> = texts
             .iter()
             .enumerate()
             .map(|(i, ids)| Slot {
                 ids: ids.clone(),
-                params: match &self.start {
-                    Some(v) => v.clone(),
-                    None => {
-                        initial_vectors(self.cfg.seed, first_index + i, n * h, info.embedding_std)
-                    }
-                },
-                m: vec![0.0; n * h],
-                v: vec![0.0; n * h],
-                t: 0,
+                state: self.initial_state(first_index + i),
                 best: None,
                 best_acc_step: 0,
                 loss_curve: Vec::new(),
@@ -617,11 +657,7 @@ impl<'a> Engine<'a> {
         // Token embeddings never change: compute them once per text.
         let token_embeds: Vec<Tensor> = texts
             .iter()
-            .map(|ids| -> Result<Tensor> {
-                Ok(model
-                    .embed(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?)?
-                    .squeeze(0)?)
-            })
+            .map(|ids| self.embed_tokens(ids))
             .collect::<Result<_>>()?;
         let mut step = 0usize;
         loop {
@@ -631,17 +667,26 @@ impl<'a> Engine<'a> {
             if live.is_empty() {
                 break;
             }
-            let (losses, accs, grads) = self.step(&slots, &live, &token_embeds)?;
+            let items: Vec<StepItem<'_>> = live
+                .iter()
+                .map(|&i| StepItem {
+                    params: &slots[i].state.params,
+                    ids: &slots[i].ids,
+                    embeds: &token_embeds[i],
+                })
+                .collect();
+            let outs = self.step_batch(&items)?;
+            drop(items);
             let elapsed = start.elapsed().as_secs_f64();
             for (k, &i) in live.iter().enumerate() {
                 let s = &mut slots[i];
-                let (loss, acc) = (losses[k], accs[k]);
+                let (loss, acc) = (outs[k].loss, outs[k].accuracy);
                 s.loss_curve.push(loss as f32);
                 s.acc_curve.push(acc as f32);
                 if !loss.is_finite() {
                     if s.best.is_none() {
                         // Not even the initial vectors had a finite loss.
-                        s.best = Some((0.0, f64::INFINITY, step, s.params.clone()));
+                        s.best = Some((0.0, f64::INFINITY, step, s.state.params.clone()));
                     }
                     s.done = Some((StopReason::Diverged, elapsed));
                     continue;
@@ -655,7 +700,7 @@ impl<'a> Engine<'a> {
                     s.best_acc_step = step;
                 }
                 if better {
-                    s.best = Some((acc, loss, step, s.params.clone()));
+                    s.best = Some((acc, loss, step, s.state.params.clone()));
                 }
                 let stop = if acc >= 1.0 {
                     Some(StopReason::Converged)
@@ -668,7 +713,10 @@ impl<'a> Engine<'a> {
                 };
                 match stop {
                     Some(r) => s.done = Some((r, elapsed)),
-                    None => self.adamw(s, &grads[k]),
+                    None => {
+                        let lr = self.cfg.lr_at(s.state.t + 1);
+                        self.update(&mut s.state, &outs[k].grad, lr);
+                    }
                 }
             }
             step += 1;
@@ -677,59 +725,77 @@ impl<'a> Engine<'a> {
                 step,
                 live: slots.iter().filter(|s| s.done.is_none()).count(),
                 total: slots.len(),
-                mean_loss: losses.iter().sum::<f64>() / nl,
-                mean_accuracy: accs.iter().sum::<f64>() / nl,
+                mean_loss: outs.iter().map(|o| o.loss).sum::<f64>() / nl,
+                mean_accuracy: outs.iter().map(|o| o.accuracy).sum::<f64>() / nl,
             });
         }
         self.finish(slots)
     }
 
-    /// One forward/backward over the live texts: per-text loss, accuracy,
-    /// and gradient of the text's mean loss with respect to its vectors.
-    #[allow(clippy::type_complexity)]
-    fn step(
-        &self,
-        slots: &[Slot],
-        live: &[usize],
-        token_embeds: &[Tensor],
-    ) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<f32>>)> {
+    /// The starting state of text `index` of the input: the shared start
+    /// (`mean`, `token:ID`) or `randn * std` from the text's seed stream.
+    pub fn initial_state(&self, index: usize) -> OptState {
+        let info = self.model.info();
+        OptState::start(match &self.start {
+            Some(v) => v.clone(),
+            None => initial_vectors(
+                self.cfg.seed,
+                index,
+                self.cfg.n_mem * info.input_size,
+                info.embedding_std,
+            ),
+        })
+    }
+
+    /// The embeddings `[len, input_size]` of token ids.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        let dev = self.model.device();
+        Ok(self
+            .model
+            .embed(&Tensor::new(ids, dev)?.unsqueeze(0)?)?
+            .squeeze(0)?)
+    }
+
+    /// One forward/backward over a batch of texts (of any lengths): per
+    /// text the loss, accuracy, correct prefix and gradient of the text's
+    /// mean loss with respect to its vectors.
+    pub fn step_batch(&self, items: &[StepItem<'_>]) -> Result<Vec<StepOutput>> {
         let model = self.model;
         let dev = model.device();
         let dtype = model.dtype();
         let h = model.info().input_size;
         let n = self.cfg.n_mem;
         let p = self.layout.prefix_len();
-        let seq = live.iter().map(|&i| slots[i].ids.len()).max().unwrap_or(0) + n + p;
-        let mut vars = Vec::with_capacity(live.len());
-        let mut rows = Vec::with_capacity(live.len());
-        let mut mask = Vec::with_capacity(live.len() * seq);
+        let seq = items.iter().map(|it| it.ids.len()).max().unwrap_or(0) + n + p;
+        let mut vars = Vec::with_capacity(items.len());
+        let mut rows = Vec::with_capacity(items.len());
+        let mut mask = Vec::with_capacity(items.len() * seq);
         let mut gather = Vec::new();
         let mut labels = Vec::new();
         let mut owner = Vec::new();
-        for (k, &i) in live.iter().enumerate() {
-            let s = &slots[i];
-            let t = s.ids.len();
-            let var = Var::from_tensor(&Tensor::from_slice(&s.params, (n, h), dev)?)?;
+        let (first_pos, first_label) = match self.cfg.loss {
+            LossConvention::Full => (p + n - 1, 0),
+            LossConvention::Paper => (p + n, 1),
+        };
+        for (k, it) in items.iter().enumerate() {
+            let t = it.ids.len();
+            let var = Var::from_tensor(&Tensor::from_slice(it.params, (n, h), dev)?)?;
             let mut parts: Vec<Tensor> = self.sink.iter().cloned().collect();
             parts.push(var.as_tensor().to_dtype(dtype)?);
-            parts.push(token_embeds[i].clone());
+            parts.push(it.embeds.clone());
             if t + n + p < seq {
                 parts.push(Tensor::zeros((seq - t - n - p, h), dtype, dev)?);
             }
             rows.push(Tensor::cat(&parts, 0)?);
             vars.push(var);
             mask.extend((0..seq).map(|q| u32::from(q < t + n + p)));
-            let (first_pos, first_label) = match self.cfg.loss {
-                LossConvention::Full => (p + n - 1, 0),
-                LossConvention::Paper => (p + n, 1),
-            };
             for (j, label) in (first_label..t).enumerate() {
                 gather.push((k * seq + first_pos + j) as u32);
-                labels.push(s.ids[label]);
+                labels.push(it.ids[label]);
                 owner.push(k);
             }
         }
-        let b = live.len();
+        let b = items.len();
         let x = Tensor::stack(&rows, 0)?;
         let mask = Tensor::from_vec(mask, (b, seq), dev)?;
         let logits = model.forward(&x, Some(&mask))?;
@@ -761,32 +827,40 @@ impl<'a> Engine<'a> {
         let grads = total.backward()?;
         let losses: Vec<f32> = per_text.to_vec1()?;
         let mut correct = vec![0usize; b];
+        // The first wrong label of each text (a text index), if any.
+        let mut first_wrong: Vec<Option<usize>> = vec![None; b];
+        let mut seen = vec![0usize; b];
         for ((&r, l), &o) in gather.iter().zip(&labels).zip(&owner) {
             if pred[r as usize] == *l {
                 correct[o] += 1;
+            } else if first_wrong[o].is_none() {
+                first_wrong[o] = Some(first_label + seen[o]);
             }
+            seen[o] += 1;
         }
-        let accs = (0..b)
-            .map(|k| correct[k] as f64 / counts[k] as f64)
-            .collect();
-        let gs = vars
-            .iter()
-            .map(|var| -> Result<Vec<f32>> {
+        vars.iter()
+            .enumerate()
+            .map(|(k, var)| -> Result<StepOutput> {
                 let g = grads.get(var.as_tensor()).ok_or_else(|| {
                     CramError::Input("internal: no gradient reached the vectors".into())
                 })?;
-                Ok(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+                Ok(StepOutput {
+                    loss: losses[k] as f64,
+                    accuracy: correct[k] as f64 / counts[k] as f64,
+                    correct_prefix: first_wrong[k].unwrap_or(items[k].ids.len()),
+                    grad: g.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                })
             })
-            .collect::<Result<_>>()?;
-        Ok((losses.iter().map(|&x| x as f64).collect(), accs, gs))
+            .collect()
     }
 
-    /// One AdamW update (PyTorch's formulation, decoupled weight decay).
-    fn adamw(&self, s: &mut Slot, g: &[f32]) {
+    /// One AdamW update at learning rate `lr` (PyTorch's formulation,
+    /// decoupled weight decay; the protocol's schedule gives `lr` as
+    /// [`CramConfig::lr_at`] of `s.t + 1`).
+    pub fn update(&self, s: &mut OptState, g: &[f32], lr: f64) {
         let c = &self.cfg.optimizer;
         s.t += 1;
         let t = s.t as f64;
-        let lr = c.lr_at(s.t);
         let bc1 = 1.0 - c.beta1.powf(t);
         let bc2 = 1.0 - c.beta2.powf(t);
         let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
@@ -801,6 +875,23 @@ impl<'a> Engine<'a> {
             let denom = v.sqrt() / bc2_sqrt + eps;
             *p -= step * *m / denom;
         }
+    }
+
+    /// Greedy decoding of a batch of texts from their vectors with this
+    /// engine's layout, vector count and loss convention ([`decode_batch`]).
+    pub fn decode(&self, items: &[DecodeItem<'_>]) -> Result<Vec<Vec<u32>>> {
+        decode_batch(
+            self.model,
+            &self.layout,
+            self.cfg.n_mem,
+            self.cfg.loss,
+            items,
+        )
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'a dyn CausalLm {
+        self.model
     }
 
     /// Original metrics and decode-back (all texts at once) for the
@@ -818,7 +909,7 @@ impl<'a> Engine<'a> {
                 count: s.ids.len() - skip,
             })
             .collect();
-        let decoded = decode_batch(model, &self.layout, n, loss, &items)?;
+        let decoded = self.decode(&items)?;
         drop(items);
         slots
             .into_iter()

@@ -184,19 +184,19 @@ pub struct RunRecords {
     pub cells: Vec<CellRecord>,
 }
 
-fn sql_err(path: &Path, e: rusqlite::Error) -> CramError {
+pub(crate) fn sql_err(path: &Path, e: rusqlite::Error) -> CramError {
     CramError::bad_file(path, format!("SQLite: {e}"))
 }
 
-fn f32_blob(v: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn u32_blob(v: &[u32]) -> Vec<u8> {
+pub(crate) fn u32_blob(v: &[u32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn blob_f32(path: &Path, b: &[u8]) -> Result<Vec<f32>> {
+pub(crate) fn blob_f32(path: &Path, b: &[u8]) -> Result<Vec<f32>> {
     if !b.len().is_multiple_of(4) {
         return Err(CramError::bad_file(
             path,
@@ -208,7 +208,7 @@ fn blob_f32(path: &Path, b: &[u8]) -> Result<Vec<f32>> {
         .collect())
 }
 
-fn blob_u32(path: &Path, b: &[u8]) -> Result<Vec<u32>> {
+pub(crate) fn blob_u32(path: &Path, b: &[u8]) -> Result<Vec<u32>> {
     if !b.len().is_multiple_of(4) {
         return Err(CramError::bad_file(
             path,
@@ -222,7 +222,7 @@ fn blob_u32(path: &Path, b: &[u8]) -> Result<Vec<u32>> {
 
 /// A REAL value SQLite can hold: NaN (which SQLite would store as NULL,
 /// breaking `NOT NULL`) is stored as +inf; a diverged cell's losses are.
-fn real(x: f64) -> f64 {
+pub(crate) fn real(x: f64) -> f64 {
     if x.is_nan() {
         f64::INFINITY
     } else {
@@ -376,6 +376,42 @@ pub fn run_databases(run_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Opens (creating if needed) the database at `path` for crash-safe
+/// writing: WAL mode, `synchronous = FULL`, a 30 s busy timeout, and
+/// `schema` (idempotent statements) applied.
+pub(crate) fn open_durable(path: &Path, schema: &str) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|e| sql_err(path, e))?;
+    let err = |e| sql_err(path, e);
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(CramError::bad_file(
+            path,
+            format!("SQLite: cannot switch to WAL mode (journal mode is {mode}); is the folder on a network file system?"),
+        ));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    conn.execute_batch(schema).map_err(err)?;
+    Ok(conn)
+}
+
+/// SQLite's integrity check of the database `path` open on `conn`: `ok`,
+/// or what is wrong.
+pub(crate) fn integrity(conn: &Connection, path: &Path) -> Result<String> {
+    let err = |e| sql_err(path, e);
+    let mut st = conn.prepare("PRAGMA integrity_check").map_err(err)?;
+    let lines: Vec<String> = st
+        .query_map([], |r| r.get(0))
+        .map_err(err)?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(err)?;
+    Ok(lines.join("; "))
+}
+
 /// An open results database.
 pub struct Store {
     conn: Connection,
@@ -386,22 +422,8 @@ impl Store {
     /// Opens (creating if needed) the database at `path`: WAL mode,
     /// `synchronous = FULL`, the schema.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).map_err(|e| sql_err(path, e))?;
+        let conn = open_durable(path, SCHEMA)?;
         let err = |e| sql_err(path, e);
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(CramError::bad_file(
-                path,
-                format!("SQLite: cannot switch to WAL mode (journal mode is {mode}); is the folder on a network file system?"),
-            ));
-        }
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
         add_late_columns(&conn).map_err(err)?;
         Ok(Self {
             conn,
@@ -606,14 +628,7 @@ impl Store {
 
     /// SQLite's `PRAGMA integrity_check`: `ok`, or the problems found.
     pub fn integrity_check(&self) -> Result<String> {
-        let err = |e| sql_err(&self.path, e);
-        let mut st = self.conn.prepare("PRAGMA integrity_check").map_err(err)?;
-        let lines: Vec<String> = st
-            .query_map([], |r| r.get(0))
-            .map_err(err)?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(err)?;
-        Ok(lines.join("; "))
+        integrity(&self.conn, &self.path)
     }
 
     /// Copies every cell (with vectors) of the database at `other` that this

@@ -24,6 +24,9 @@ pub struct CompressArgs {
     /// Field (JSONL) or column (CSV) holding the text.
     #[arg(long, default_value = "text")]
     pub field: String,
+    /// Compress only the first N texts of the input.
+    #[arg(long, value_name = "N", requires = "input")]
+    pub texts: Option<usize>,
     /// Truncate each text to its first L tokens (BOS included when the
     /// tokenizer adds it and the layout keeps it in the text).
     #[arg(long)]
@@ -50,11 +53,14 @@ pub struct CompressArgs {
 
 /// Runs `cram compress`.
 pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Result<()> {
-    let texts = match (&args.text, &args.input) {
+    let mut texts = match (&args.text, &args.input) {
         (Some(t), _) => vec![t.clone()],
         (None, Some(p)) => cram::texts::read_texts(p, &args.field)?,
         (None, None) => anyhow::bail!("give --text or --input"),
     };
+    if let Some(n) = args.texts {
+        texts.truncate(n);
+    }
     let many = args.input.as_ref().is_some_and(|p| {
         matches!(
             p.extension().and_then(|e| e.to_str()),

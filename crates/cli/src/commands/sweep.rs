@@ -232,6 +232,22 @@ pub fn merge(args: &MergeArgs, quiet: bool) -> anyhow::Result<()> {
 
 /// Runs `cram check`.
 pub fn check(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
+    let capacity = args.run_dir.join(cram::capacity::store::CAPACITY_DB);
+    if capacity.is_file() {
+        let s = cram::capacity::CapacityStore::open_read(&capacity)?.summary()?;
+        if !quiet {
+            println!(
+                "{}: integrity ok, capacity run: {} text(s) searched, {} done, {} stages",
+                args.run_dir.display(),
+                s.texts,
+                s.done,
+                s.stages
+            );
+        }
+        if cram::store::run_databases(&args.run_dir)?.is_empty() {
+            return Ok(());
+        }
+    }
     let s = sweep::check(&args.run_dir, args.config.as_deref())?;
     if !quiet {
         let mut msg = format!(

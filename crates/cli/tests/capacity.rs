@@ -1,0 +1,188 @@
+//! `cram capacity` through the binary, on the small random Llama fixture:
+//! verified horizons, vector files that decompress to the horizon's
+//! prefix, resuming, and the error contract.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+use support::{cram, fixture_dir};
+
+/// Settings under which the 64-wide fixture model crams short texts into
+/// 2 vectors in a few dozen steps.
+const FAST: &[&str] = &["--mem", "2", "--lr", "0.1", "--beta2", "0.99"];
+
+fn model() -> String {
+    fixture_dir("llama_gqa_tied").display().to_string()
+}
+
+/// Three short texts in a JSONL file.
+fn texts(dir: &Path) -> String {
+    let path = dir.join("texts.jsonl");
+    let lines = [
+        r#"{"id": "a", "text": "The cat sat on the mat and looked at the door for a long time."}"#,
+        r#"{"id": "b", "text": "A quick brown fox jumps over the lazy dog near the river bank."}"#,
+        r#"{"id": "c", "text": "Rain fell on the old town while the bells rang out at noon."}"#,
+    ];
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path.display().to_string()
+}
+
+fn run(args: &[&str]) -> Vec<Json> {
+    let o = cram(args, &[]);
+    assert!(
+        o.status.success(),
+        "cram {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn capacity_args<'a>(input: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["capacity", "--input", input, "--out", out, "--json"];
+    a.extend_from_slice(FAST);
+    a.extend_from_slice(&["--max-tokens", "10", "--start", "2", "--batch", "2"]);
+    a.extend_from_slice(extra);
+    a
+}
+
+/// The run's JSON lines without the timings, by text.
+fn stable(lines: &[Json]) -> Vec<Json> {
+    let mut v: Vec<Json> = lines
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            l.as_object_mut().unwrap().remove("seconds");
+            l.as_object_mut().unwrap().remove("file");
+            l
+        })
+        .collect();
+    v.sort_by_key(|l| l["index"].as_u64());
+    v
+}
+
+/// Every file decompresses to exactly its horizon's prefix.
+fn check_files(lines: &[Json]) {
+    for l in lines {
+        let h = l["horizon"].as_u64().unwrap() as usize;
+        let Some(file) = l["file"].as_str() else {
+            assert_eq!(h, 0, "a text with a horizon has a file: {l}");
+            continue;
+        };
+        let d = run(&["decompress", "--model", &model(), file, "--json"]);
+        assert_eq!(d[0]["matches_original"], true, "{file}: {}", d[0]);
+        assert_eq!(d[0]["token_ids"].as_array().unwrap().len(), h, "{file}");
+    }
+}
+
+#[test]
+fn capacity_reports_verified_horizons_writes_decodable_vectors_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = texts(tmp.path());
+    let out = tmp.path().join("run").display().to_string();
+    let vecs = tmp.path().join("vecs").display().to_string();
+    let model = model();
+    let mut args = capacity_args(&input, &out, &["-o", &vecs]);
+    args.extend_from_slice(&["--model", &model]);
+    let first = run(&args);
+    assert_eq!(first.len(), 3);
+    for l in &first {
+        for key in ["id", "horizon", "steps", "seconds", "stages", "n_tokens"] {
+            assert!(!l[key].is_null(), "{key} missing: {l}");
+        }
+        let (h, n) = (
+            l["horizon"].as_u64().unwrap(),
+            l["n_tokens"].as_u64().unwrap(),
+        );
+        assert!(h >= 2 && h <= n && n == 10, "{l}");
+        assert_eq!(l["saturated"], h == n);
+    }
+    check_files(&first);
+    // Running again resumes: nothing left to do, the same results.
+    let again = run(&args);
+    assert_eq!(stable(&again), stable(&first));
+    let check = cram(&["check", &out], &[]);
+    assert!(check.status.success());
+    assert!(String::from_utf8_lossy(&check.stdout).contains("3 done"));
+    // Other settings in the same run folder are refused, naming the setting.
+    let mut other = args.clone();
+    other.extend_from_slice(&["--search", "step:1"]);
+    let o = cram(&other, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/capacity/search") && err.contains("another --out"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stages_that_fail_still_yield_verified_prefixes() {
+    // Budgets far too small to reach 10 tokens: every horizon comes from
+    // the decoding of a stage's best vectors, and still decodes exactly.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = texts(tmp.path());
+    let model = model();
+    for search in ["gallop", "step:3"] {
+        let out = tmp
+            .path()
+            .join(search.replace(':', ""))
+            .display()
+            .to_string();
+        let vecs = tmp.path().join(format!("v-{}", search.replace(':', "")));
+        let vecs = vecs.display().to_string();
+        let mut args = capacity_args(
+            &input,
+            &out,
+            &[
+                "--stage-steps",
+                "3",
+                "--stage-patience",
+                "2",
+                "--budget",
+                "12",
+            ],
+        );
+        args.extend_from_slice(&["--model", &model, "--search", search, "-o", &vecs]);
+        let lines = run(&args);
+        assert_eq!(lines.len(), 3);
+        for l in &lines {
+            assert!(l["steps"].as_u64().unwrap() <= 12, "{l}");
+        }
+        check_files(&lines);
+    }
+}
+
+#[test]
+fn bad_capacity_settings_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = texts(tmp.path());
+    let out = tmp.path().join("run").display().to_string();
+    let model = model();
+    let empty = tmp.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.display().to_string();
+    for (extra, input, want) in [
+        (vec!["--search", "bisect"], &input, "unknown search"),
+        (vec!["--search", "step:0"], &input, "step:K"),
+        (vec!["--budget", "0"], &input, "--budget"),
+        (vec!["--max-tokens", "0"], &input, "--max-tokens"),
+        (vec!["--batch", "0"], &input, "--batch"),
+        (vec![], &empty, "empty.jsonl"),
+    ] {
+        let mut args = vec![
+            "capacity", "--model", &model, "--input", input, "--out", &out,
+        ];
+        args.extend_from_slice(&extra);
+        let o = cram(&args, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

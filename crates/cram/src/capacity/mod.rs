@@ -1,0 +1,698 @@
+//! Capacity search (`cram capacity`): per text, the horizon, the longest
+//! prefix that greedy decoding reproduces exactly from the vectors (and the
+//! layout's fixed prefix) alone.
+//!
+//! A text's search runs in stages. A stage optimises the text's vectors
+//! towards one target length, warm-started from the checkpoint of the
+//! longest prefix verified so far (the vectors *and* AdamW's moments and
+//! step count), and ends when teacher-forced accuracy on the target
+//! reaches 1 and greedy decoding confirms it (success), or after
+//! `stage_steps` steps, `stage_patience` steps without a longer correct
+//! prefix, or when the text's total `budget` is spent (failure). Either way
+//! the stage's best vectors are decoded and the prefix they reproduce is
+//! verified: a failed stage can still raise the horizon. The [`Search`]
+//! picks the next target from what the stages found ([`SearchState`]).
+//!
+//! The texts of a batch advance their own stages together in one
+//! forward/backward (mixed lengths); a text that finishes leaves the batch
+//! and the next text takes its place. Every finished stage is committed to
+//! the run's store ([`store::CapacityStore`]) with the text's checkpoint,
+//! so a killed run loses only the stages in flight and resumes from the
+//! last finished stage of every text.
+
+pub mod search;
+pub mod store;
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{
+    original_metrics, DecodeItem, Engine, LossConvention, OptState, OptimizerConfig, StepItem,
+};
+use crate::error::{CramError, Result};
+use crate::memfile::tokens_sha256;
+
+pub use search::{Search, SearchState};
+pub use store::CapacityStore;
+
+/// How the learning rate moves during a capacity search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// The protocol's warm-up and cosine, spanned over the text's whole
+    /// `budget` and indexed by its AdamW step count (which the checkpoint
+    /// carries, so a restored probe also restores its learning rate), as
+    /// progressive cramming does.
+    #[default]
+    Text,
+    /// The protocol's cosine restarted at every stage and spanned over
+    /// `stage_steps`; the warm-up only over the text's first updates.
+    Stage,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = CramError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "text" => Ok(Self::Text),
+            "stage" => Ok(Self::Stage),
+            _ => Err(CramError::Input(format!(
+                "unknown schedule `{s}` (expected text or stage)"
+            ))),
+        }
+    }
+}
+
+/// Settings of a capacity search, recorded with the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityConfig {
+    /// How the next target is chosen.
+    pub search: Search,
+    /// The first stage's target length in tokens.
+    pub start: usize,
+    /// Each text is truncated to this many tokens (its horizon cannot
+    /// exceed it); `None`: as many as the model's context allows.
+    pub max_tokens: Option<usize>,
+    /// Most steps of one stage.
+    pub stage_steps: usize,
+    /// A stage fails after this many steps without a longer correct
+    /// prefix.
+    pub stage_patience: usize,
+    /// Most steps per text, all stages together.
+    pub budget: usize,
+    /// The learning-rate schedule.
+    pub schedule: Schedule,
+}
+
+impl CapacityConfig {
+    /// The default settings of `search`.
+    pub fn new(search: Search) -> Self {
+        Self {
+            search,
+            start: search.default_start(),
+            max_tokens: None,
+            stage_steps: 300,
+            stage_patience: 100,
+            budget: 3000,
+            schedule: Schedule::Text,
+        }
+    }
+
+    /// The first invalid setting, as (field, what is wrong).
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
+        for (field, v) in [
+            ("start", self.start),
+            ("stage_steps", self.stage_steps),
+            ("stage_patience", self.stage_patience),
+            ("budget", self.budget),
+        ] {
+            if v == 0 {
+                return Some((field, "must be at least 1".into()));
+            }
+        }
+        if self.max_tokens == Some(0) {
+            return Some(("max_tokens", "must be at least 1".into()));
+        }
+        None
+    }
+
+    /// The learning rate of a text's next update: `t_next` is its AdamW
+    /// update count after the update, `stage_step` the step's 1-based
+    /// number within its stage.
+    pub fn lr(&self, opt: &OptimizerConfig, t_next: usize, stage_step: usize) -> f64 {
+        match self.schedule {
+            Schedule::Text => OptimizerConfig {
+                max_steps: self.budget,
+                ..opt.clone()
+            }
+            .lr_at(t_next),
+            Schedule::Stage => {
+                if t_next < opt.warmup_steps {
+                    opt.lr * t_next as f64 / opt.warmup_steps as f64
+                } else {
+                    OptimizerConfig {
+                        warmup_steps: 0,
+                        max_steps: self.stage_steps,
+                        ..opt.clone()
+                    }
+                    .lr_at(stage_step)
+                }
+            }
+        }
+    }
+}
+
+/// One text to search: its position in the input, its id and its tokens
+/// (already truncated to the run's `max_tokens`).
+#[derive(Debug, Clone)]
+pub struct CapacityText {
+    /// Position in the input (selects the seed stream of `randn` starts).
+    pub index: usize,
+    /// The text's id in its data set.
+    pub id: String,
+    /// Its tokens.
+    pub ids: Vec<u32>,
+}
+
+/// What a finished search found about a text's horizon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Horizon {
+    /// Mean loss of the horizon's vectors over the horizon's prefix (none
+    /// when the prefix predicts no token).
+    pub loss: Option<f64>,
+    /// Their teacher-forced accuracy over it.
+    pub accuracy: Option<f64>,
+    /// Mean cross-entropy (nats/token) of the horizon's prefix without
+    /// vectors.
+    pub original_loss: f64,
+    /// Teacher-forced accuracy of the prefix without vectors.
+    pub original_accuracy: f64,
+    /// Mean cross-entropy of the whole searched text without vectors.
+    pub text_loss: f64,
+}
+
+/// Where one text's search stands: what the store keeps and the reports
+/// read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextProgress {
+    /// Position in the input.
+    pub index: usize,
+    /// The text's id in its data set.
+    pub id: String,
+    /// SHA-256 of the searched tokens.
+    pub tokens_sha256: String,
+    /// Tokens searched (the horizon is at most this).
+    pub n_tokens: usize,
+    /// The search.
+    pub search: SearchState,
+    /// Stages finished.
+    pub stages: usize,
+    /// Optimisation steps, all stages together.
+    pub steps: usize,
+    /// Seconds the text spent in a batch.
+    pub seconds: f64,
+    /// The state that reproduces the first `search.lo` tokens (the start
+    /// while `lo` is 0).
+    #[serde(skip)]
+    pub checkpoint: OptState,
+    /// Set when the search is over.
+    pub result: Option<Horizon>,
+}
+
+impl TextProgress {
+    /// The horizon found so far (final once `search.done`).
+    pub fn horizon(&self) -> usize {
+        self.search.lo
+    }
+
+    /// Whether the horizon is the whole searched text (it may be longer).
+    pub fn saturated(&self) -> bool {
+        self.search.lo >= self.n_tokens
+    }
+}
+
+/// One finished stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The text's position in the input.
+    pub index: usize,
+    /// The stage's number within the text's search (0-based).
+    pub stage: usize,
+    /// Its target length.
+    pub target: usize,
+    /// The prefix its best vectors decode exactly.
+    pub prefix: usize,
+    /// Whether it reached its target.
+    pub exact: bool,
+    /// Steps it took.
+    pub steps: usize,
+    /// Its best vectors' loss over the target.
+    pub loss: f64,
+    /// Their teacher-forced accuracy over the target.
+    pub accuracy: f64,
+    /// The horizon after the stage.
+    pub lo: usize,
+    /// The shortest failed target after the stage.
+    pub hi: Option<usize>,
+}
+
+/// What [`search`] reports while it runs.
+pub enum Event<'e> {
+    /// A step of the batch: texts in it, and their mean accuracy.
+    Step {
+        /// Texts in the batch.
+        live: usize,
+        /// Texts finished so far (this run and earlier ones).
+        done: usize,
+        /// Mean teacher-forced accuracy of the batch.
+        accuracy: f64,
+    },
+    /// A stage finished.
+    Stage(&'e StageRecord),
+    /// A text's search finished.
+    Text(&'e TextProgress),
+}
+
+/// A text in the batch.
+struct Job {
+    p: TextProgress,
+    embeds: Tensor,
+    ids: Vec<u32>,
+    cur: OptState,
+    stage_step: usize,
+    /// The stage's best so far: correct prefix, loss, accuracy, state.
+    best: Option<(usize, f64, f64, OptState)>,
+    since_best: usize,
+}
+
+/// What a step decided for a text.
+#[derive(Clone, Copy, PartialEq)]
+enum Next {
+    Update,
+    Verify,
+    End,
+}
+
+/// The prefix of `target` that `decoded` reproduces (counting the `paper`
+/// convention's given first token).
+fn verified_prefix(loss: LossConvention, target: &[u32], decoded: &[u32]) -> usize {
+    let skip = usize::from(loss == LossConvention::Paper);
+    skip + decoded
+        .iter()
+        .zip(&target[skip..])
+        .take_while(|(a, b)| a == b)
+        .count()
+}
+
+/// The fewest tokens a target may have under the loss convention.
+fn min_target(loss: LossConvention) -> usize {
+    match loss {
+        LossConvention::Full => 1,
+        LossConvention::Paper => 2,
+    }
+}
+
+/// A fresh search for `t`.
+pub fn fresh(engine: &Engine<'_>, cfg: &CapacityConfig, t: &CapacityText) -> TextProgress {
+    let start = cfg.start.max(min_target(engine.config().loss));
+    TextProgress {
+        index: t.index,
+        id: t.id.clone(),
+        tokens_sha256: tokens_sha256(&t.ids),
+        n_tokens: t.ids.len(),
+        search: SearchState::new(start, t.ids.len()),
+        stages: 0,
+        steps: 0,
+        seconds: 0.0,
+        checkpoint: engine.initial_state(t.index),
+        result: None,
+    }
+}
+
+/// Runs the searches of `texts`, `batch` at a time, continuing those the
+/// store already holds (their tokens must match) and skipping finished
+/// ones. Returns every text's progress, in input order.
+///
+/// # Errors
+/// A text whose stored tokens differ from `texts` (another input in the
+/// same run folder), a text that does not fit the model, and the engine's
+/// and store's errors. Everything committed before an error is kept.
+pub fn search(
+    engine: &Engine<'_>,
+    cfg: &CapacityConfig,
+    texts: &[CapacityText],
+    batch: usize,
+    store: &mut CapacityStore,
+    mut on_event: impl FnMut(Event<'_>) -> Result<()>,
+) -> Result<Vec<TextProgress>> {
+    if let Some((field, msg)) = cfg.invalid() {
+        return Err(CramError::Input(format!(
+            "invalid capacity setting {field}: {msg}"
+        )));
+    }
+    if batch == 0 {
+        return Err(CramError::Input(
+            "the batch must hold at least 1 text".into(),
+        ));
+    }
+    let loss = engine.config().loss;
+    for t in texts {
+        if t.ids.len() < min_target(loss) {
+            return Err(CramError::Input(format!(
+                "text {} ({}): {} token(s); the {} loss convention needs at least {}",
+                t.index,
+                t.id,
+                t.ids.len(),
+                loss.as_str(),
+                min_target(loss)
+            )));
+        }
+        engine.check_text(&t.ids)?;
+    }
+    let mut stored: std::collections::HashMap<usize, TextProgress> =
+        store.load()?.into_iter().map(|p| (p.index, p)).collect();
+    let mut progress = Vec::with_capacity(texts.len());
+    for t in texts {
+        let p = match stored.remove(&t.index) {
+            Some(p) if p.tokens_sha256 != tokens_sha256(&t.ids) || p.id != t.id => {
+                return Err(CramError::bad_file(
+                    store.path(),
+                    format!(
+                        "text {} of this run is `{}` with other tokens than the input's `{}`: the run folder belongs to another input; use another --out",
+                        t.index, p.id, t.id
+                    ),
+                ))
+            }
+            Some(p) => p,
+            None => fresh(engine, cfg, t),
+        };
+        progress.push(p);
+    }
+    let mut done = progress.iter().filter(|p| p.search.done).count();
+    for p in progress.iter().filter(|p| p.search.done) {
+        on_event(Event::Text(p))?;
+    }
+    let mut queue: VecDeque<usize> = (0..texts.len())
+        .filter(|&i| !progress[i].search.done)
+        .collect();
+    let mut pool: Vec<Job> = Vec::new();
+    loop {
+        while pool.len() < batch {
+            let Some(i) = queue.pop_front() else { break };
+            let p = progress[i].clone();
+            pool.push(Job {
+                embeds: engine.embed_tokens(&texts[i].ids)?,
+                ids: texts[i].ids.clone(),
+                cur: p.checkpoint.clone(),
+                p,
+                stage_step: 0,
+                best: None,
+                since_best: 0,
+            });
+        }
+        if pool.is_empty() {
+            break;
+        }
+        let clock = Instant::now();
+        let (stages, finished) = step(engine, cfg, &mut pool)?;
+        let dt = clock.elapsed().as_secs_f64();
+        for j in &mut pool {
+            j.p.seconds += dt;
+        }
+        let mut finished_progress: Vec<TextProgress> = Vec::new();
+        for &k in finished.iter().rev() {
+            let mut j = pool.remove(k);
+            j.p.result = Some(horizon_metrics(engine, &j.ids, &j.p)?);
+            finished_progress.push(j.p);
+        }
+        finished_progress.reverse();
+        if !stages.is_empty() {
+            let changed: Vec<&TextProgress> = pool
+                .iter()
+                .map(|j| &j.p)
+                .filter(|p| stages.iter().any(|s| s.index == p.index))
+                .chain(finished_progress.iter())
+                .collect();
+            store.commit(&changed, &stages)?;
+        }
+        for s in &stages {
+            on_event(Event::Stage(s))?;
+        }
+        for p in finished_progress {
+            done += 1;
+            on_event(Event::Text(&p))?;
+            let i = texts
+                .iter()
+                .position(|t| t.index == p.index)
+                .expect("a finished text is one of the inputs");
+            progress[i] = p;
+        }
+        let n = pool.len().max(1) as f64;
+        on_event(Event::Step {
+            live: pool.len(),
+            done,
+            accuracy: pool
+                .iter()
+                .map(|j| j.best.as_ref().map_or(0.0, |b| b.2))
+                .sum::<f64>()
+                / n,
+        })?;
+    }
+    Ok(progress)
+}
+
+/// One forward/backward of the batch, the decodings that verify the stages
+/// that end, the search moves and the updates. Returns the finished stages
+/// and the positions (ascending) of the texts whose search is over.
+fn step(
+    engine: &Engine<'_>,
+    cfg: &CapacityConfig,
+    pool: &mut [Job],
+) -> Result<(Vec<StageRecord>, Vec<usize>)> {
+    let loss = engine.config().loss;
+    let targets: Vec<Tensor> = pool
+        .iter()
+        .map(|j| j.embeds.narrow(0, 0, j.p.search.target))
+        .collect::<std::result::Result<_, _>>()?;
+    let items: Vec<StepItem<'_>> = pool
+        .iter()
+        .zip(&targets)
+        .map(|(j, e)| StepItem {
+            params: &j.cur.params,
+            ids: &j.ids[..j.p.search.target],
+            embeds: e,
+        })
+        .collect();
+    let outs = engine.step_batch(&items)?;
+    drop(items);
+    let mut next = Vec::with_capacity(pool.len());
+    for (j, o) in pool.iter_mut().zip(&outs) {
+        j.p.steps += 1;
+        j.stage_step += 1;
+        let target = j.p.search.target;
+        if !o.loss.is_finite() {
+            next.push(Next::End);
+            continue;
+        }
+        let longer = j.best.as_ref().is_none_or(|b| o.correct_prefix > b.0);
+        let better = longer
+            || j.best
+                .as_ref()
+                .is_some_and(|b| o.correct_prefix == b.0 && o.loss < b.1);
+        if better {
+            j.best = Some((o.correct_prefix, o.loss, o.accuracy, j.cur.clone()));
+        }
+        j.since_best = if longer { 0 } else { j.since_best + 1 };
+        next.push(if o.correct_prefix >= target {
+            Next::Verify
+        } else if j.stage_step >= cfg.stage_steps
+            || j.since_best >= cfg.stage_patience
+            || j.p.steps >= cfg.budget
+        {
+            Next::End
+        } else {
+            Next::Update
+        });
+    }
+    // Verify by greedy decoding: the current vectors of the texts that
+    // reached their target, the best vectors of the stages that end.
+    let skip = usize::from(loss == LossConvention::Paper);
+    let checked: Vec<usize> = (0..pool.len())
+        .filter(|&k| next[k] != Next::Update)
+        .collect();
+    let decode_items: Vec<DecodeItem<'_>> = checked
+        .iter()
+        .map(|&k| {
+            let j = &pool[k];
+            let vectors = match (next[k], &j.best) {
+                (Next::End, Some(b)) => &b.3.params,
+                _ => &j.cur.params,
+            };
+            DecodeItem {
+                vectors,
+                first_token: j.ids.first().copied(),
+                count: j.p.search.target - skip,
+            }
+        })
+        .collect();
+    let decoded = engine.decode(&decode_items)?;
+    drop(decode_items);
+    let mut stages = Vec::new();
+    let mut finished = Vec::new();
+    for (k, j) in pool.iter_mut().enumerate() {
+        let target = j.p.search.target;
+        let verified = checked
+            .iter()
+            .position(|&c| c == k)
+            .map(|c| verified_prefix(loss, &j.ids[..target], &decoded[c]));
+        let mut ended = next[k] == Next::End;
+        if next[k] == Next::Verify {
+            if verified == Some(target) {
+                j.best = Some((target, outs[k].loss, outs[k].accuracy, j.cur.clone()));
+                ended = true;
+            } else if j.stage_step >= cfg.stage_steps || j.p.steps >= cfg.budget {
+                // Teacher-forced right but not by generation (ties in the
+                // logits): keep what generation reproduces.
+                ended = true;
+                j.best = Some((0, outs[k].loss, outs[k].accuracy, j.cur.clone()));
+            }
+        }
+        if !ended {
+            let lr = cfg.lr(&engine.config().optimizer, j.cur.t + 1, j.stage_step);
+            engine.update(&mut j.cur, &outs[k].grad, lr);
+            continue;
+        }
+        let prefix = verified.unwrap_or(0);
+        let (b_loss, b_acc) = j.best.as_ref().map_or((f64::INFINITY, 0.0), |b| (b.1, b.2));
+        let before = j.p.search.lo;
+        if prefix > before {
+            if let Some(b) = j.best.take() {
+                j.p.checkpoint = b.3;
+            }
+        }
+        j.p.search.record(cfg.search, j.ids.len(), prefix);
+        if j.p.steps >= cfg.budget {
+            j.p.search.done = true;
+        }
+        stages.push(StageRecord {
+            index: j.p.index,
+            stage: j.p.stages,
+            target,
+            prefix,
+            exact: prefix >= target,
+            steps: j.stage_step,
+            loss: b_loss,
+            accuracy: b_acc,
+            lo: j.p.search.lo,
+            hi: j.p.search.hi,
+        });
+        j.p.stages += 1;
+        j.cur = j.p.checkpoint.clone();
+        j.stage_step = 0;
+        j.best = None;
+        j.since_best = 0;
+        if j.p.search.done {
+            finished.push(k);
+        }
+    }
+    Ok((stages, finished))
+}
+
+/// The metrics of a finished search of the text `ids`: the horizon's
+/// vectors on its prefix, and the cross-entropy of the prefix and of the
+/// whole text without vectors.
+fn horizon_metrics(engine: &Engine<'_>, ids: &[u32], p: &TextProgress) -> Result<Horizon> {
+    let model = engine.model();
+    let h = p.search.lo;
+    let (loss, accuracy) = if h >= min_target(engine.config().loss) {
+        let embeds = engine.embed_tokens(&ids[..h])?;
+        let out = engine.step_batch(&[StepItem {
+            params: &p.checkpoint.params,
+            ids: &ids[..h],
+            embeds: &embeds,
+        }])?;
+        (Some(out[0].loss), Some(out[0].accuracy))
+    } else {
+        (None, None)
+    };
+    let (original_loss, original_accuracy, _) = original_metrics(model, &ids[..h])?;
+    Ok(Horizon {
+        loss,
+        accuracy,
+        original_loss,
+        original_accuracy,
+        text_loss: original_metrics(model, ids)?.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verified_prefix_counts_leading_matches_and_the_given_first_token() {
+        let target = [5, 6, 7, 8];
+        assert_eq!(
+            verified_prefix(LossConvention::Full, &target, &[5, 6, 9, 8]),
+            2
+        );
+        assert_eq!(
+            verified_prefix(LossConvention::Full, &target, &[5, 6, 7, 8]),
+            4
+        );
+        assert_eq!(
+            verified_prefix(LossConvention::Full, &target, &[1, 6, 7, 8]),
+            0
+        );
+        // The paper convention decodes from the given first token.
+        assert_eq!(
+            verified_prefix(LossConvention::Paper, &target, &[6, 7, 0]),
+            3
+        );
+        assert_eq!(
+            verified_prefix(LossConvention::Paper, &target, &[0, 7, 8]),
+            1
+        );
+    }
+
+    #[test]
+    fn schedules_follow_the_text_budget_or_restart_per_stage() {
+        let opt = OptimizerConfig {
+            lr: 0.3,
+            warmup_steps: 10,
+            min_lr: Some(0.03),
+            max_steps: 500,
+            ..OptimizerConfig::default()
+        };
+        let mut cfg = CapacityConfig::new(Search::Gallop);
+        cfg.budget = 1010;
+        cfg.stage_steps = 100;
+        // Text: warm-up, then one cosine over the budget, whatever the stage.
+        assert!((cfg.lr(&opt, 5, 5) - 0.15).abs() < 1e-12);
+        assert!((cfg.lr(&opt, 510, 1) - 0.165).abs() < 1e-12);
+        assert!((cfg.lr(&opt, 1010, 3) - 0.03).abs() < 1e-12);
+        // Stage: the warm-up over the text's first updates, then a cosine
+        // over each stage.
+        cfg.schedule = Schedule::Stage;
+        assert!((cfg.lr(&opt, 5, 5) - 0.15).abs() < 1e-12);
+        assert!((cfg.lr(&opt, 700, 0) - 0.3).abs() < 1e-12);
+        assert!((cfg.lr(&opt, 700, 50) - 0.165).abs() < 1e-12);
+        assert!((cfg.lr(&opt, 700, 100) - 0.03).abs() < 1e-12);
+    }
+
+    #[test]
+    fn capacity_settings_are_checked() {
+        let ok = CapacityConfig::new(Search::Step(4));
+        assert_eq!(ok.start, 4);
+        assert!(ok.invalid().is_none());
+        for (field, c) in [
+            (
+                "budget",
+                CapacityConfig {
+                    budget: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "start",
+                CapacityConfig {
+                    start: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_tokens",
+                CapacityConfig {
+                    max_tokens: Some(0),
+                    ..ok.clone()
+                },
+            ),
+        ] {
+            assert_eq!(c.invalid().map(|x| x.0), Some(field));
+        }
+    }
+}

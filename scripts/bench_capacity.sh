@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Capacity search against a fixed grid of lengths, on the convergence
+# study's texts (scripts/study_texts.py) with one vector:
+#   grid     `cram compress` at every length of GRID, from scratch, default
+#            protocol; a text's result is its longest exact length; its cost
+#            the steps of all lengths;
+#   gallop   `cram capacity --search gallop` (default protocol);
+#   step:1   `cram capacity --search step:1 --start 1` (progressive
+#            cramming's growth);
+#   paper    `cram capacity --search gallop --protocol paper` (PAPER=1).
+# Every side is run by this build of cram on the same texts; the script
+# prints a Markdown table and the ratios issue 14 asks for. Step counts do
+# not depend on the machine's load; seconds do.
+#
+# Usage: bash scripts/bench_capacity.sh
+# Environment: MODEL [smollm2-135m] TEXTS [8] DATA [../shared/data/pg19_standin.csv]
+#   GRID ["8 16 24 32 48 64 96 128"] PAPER [1] OUT [target/bench_capacity]
+#   (kept: running again resumes every side) CAPACITY_FLAGS [extra flags of
+#   both capacity searches] GRID_FROM [unset; a convergence-study JSONL
+#   (docs/study/convergence.jsonl): its `cram` cells at the grid's lengths
+#   are used instead of running those lengths again; the table says which]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-smollm2-135m}
+NTEXTS=${TEXTS:-8}
+DATA=${DATA:-../shared/data/pg19_standin.csv}
+GRID=${GRID:-8 16 24 32 48 64 96 128}
+PAPER=${PAPER:-1}
+OUT=${OUT:-target/bench_capacity}
+GRID_FROM=${GRID_FROM:-}
+read -r -a EXTRA <<<"${CAPACITY_FLAGS:-}"
+cargo build --quiet
+CRAM=target/debug/cram
+mkdir -p "$OUT"
+python3 scripts/study_texts.py "$DATA" "$NTEXTS" >"$OUT/texts.jsonl"
+MAXL=$(printf '%s\n' $GRID | sort -n | tail -1)
+
+# Lengths the study file already holds for these texts (default protocol).
+from_study() { # L
+    [ -n "$GRID_FROM" ] && python3 - "$GRID_FROM" "$MODEL" "$1" "$NTEXTS" <<'PY'
+import json, sys
+path, model, L, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rows = [json.loads(l) for l in open(path)]
+got = {r["text_index"] for r in rows if r["model"] == model and r["tokens"] == L and r["variant"] == "cram"}
+sys.exit(0 if got >= set(range(n)) else 1)
+PY
+}
+for L in $GRID; do
+    if from_study "$L"; then
+        echo "grid $L: from $GRID_FROM" >&2
+        rm -f "$OUT/grid-$L.jsonl"
+        continue
+    fi
+    echo "grid $L: cram compress --tokens $L --batch 8 ..." >&2
+    "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/texts.jsonl" --tokens "$L" --batch 8 \
+        --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
+done
+search() { # NAME FLAGS...
+    local name=$1
+    shift
+    echo "capacity $name ..." >&2
+    "$CRAM" --quiet capacity --model "$MODEL" --input "$OUT/texts.jsonl" --max-tokens "$MAXL" \
+        --batch 8 --out "$OUT/$name" --json "${EXTRA[@]}" "$@" >"$OUT/$name.jsonl"
+}
+search gallop --search gallop
+search step1 --search step:1 --start 1
+[ "$PAPER" = 1 ] && search paper --search gallop --protocol paper
+
+python3 - "$OUT" "$GRID" "$GRID_FROM" "$MODEL" "$NTEXTS" <<'PY'
+import json, os, statistics, sys
+out, grid, study, model, n = sys.argv[1], list(map(int, sys.argv[2].split())), sys.argv[3], sys.argv[4], int(sys.argv[5])
+def lines(p):
+    return [json.loads(l) for l in open(p)] if os.path.exists(p) else None
+best = [0] * n
+gsteps = [0] * n
+sources = []
+for L in grid:
+    rows = lines(f"{out}/grid-{L}.jsonl")
+    if rows is None:
+        rows = [dict(r, index=r["text_index"]) for r in map(json.loads, open(study))
+                if r["model"] == model and r["tokens"] == L and r["variant"] == "cram"]
+        sources.append(f"{L} (study)")
+    else:
+        sources.append(str(L))
+    for r in rows:
+        i = r["index"]
+        gsteps[i] += r["steps"]
+        if r["exact"]:
+            best[i] = max(best[i], L)
+runs = {k: sorted(lines(f"{out}/{k}.jsonl") or [], key=lambda r: r["index"]) for k in ("gallop", "step1", "paper")}
+g, s1, pa = runs["gallop"], runs["step1"], runs["paper"]
+print(f"Model `{model}`, {n} texts, one vector; grid lengths {', '.join(sources)} (500 steps each at most, default protocol).\n")
+head = "| text | grid: longest exact | grid steps | gallop horizon | gallop steps | step:1 horizon | step:1 steps |"
+if pa:
+    head += " paper gallop horizon | paper steps |"
+print(head)
+print("|" + "---|" + "---:|" * (head.count("|") - 2))
+for i in range(n):
+    row = f"| {g[i]['id']} | {best[i]} | {gsteps[i]} | {g[i]['horizon']} | {g[i]['steps']} | {s1[i]['horizon']} | {s1[i]['steps']} |"
+    if pa:
+        row += f" {pa[i]['horizon']} | {pa[i]['steps']} |"
+    print(row)
+mean = lambda rs: statistics.mean(r["horizon"] for r in rs)
+tot = lambda rs: sum(r["steps"] for r in rs)
+secs = lambda rs: sum(r["seconds"] for r in rs)
+row = f"| **all** | mean {statistics.mean(best):.1f} | {sum(gsteps)} | mean {mean(g):.1f} | {tot(g)} | mean {mean(s1):.1f} | {tot(s1)} |"
+if pa:
+    row += f" mean {mean(pa):.1f} | {tot(pa)} |"
+print(row)
+ge = sum(g[i]["horizon"] >= best[i] for i in range(n))
+print(f"\n- gallop horizon ≥ the grid's longest exact length: {ge}/{n} texts (target ≥ {n - n // 8})")
+print(f"- optimisation steps, grid / gallop: {sum(gsteps) / tot(g):.2f}× (target ≥ 3×)")
+print(f"- mean horizon, gallop vs step:1: {mean(g):.1f} vs {mean(s1):.1f} ({100 * (mean(g) - mean(s1)) / mean(s1):+.1f}%, target within ±10%)")
+print(f"- optimisation steps, step:1 / gallop: {tot(s1) / tot(g):.2f}× (target ≥ 1.5×)")
+print(f"- seconds in a batch (sum over texts): gallop {secs(g):.0f}, step:1 {secs(s1):.0f}")
+if pa:
+    print(f"- mean horizon, default protocol / paper protocol (gallop): {mean(g):.1f} / {mean(pa):.1f} = {mean(g) / max(mean(pa), 1e-9):.2f}×")
+PY
