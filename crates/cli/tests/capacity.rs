@@ -109,6 +109,19 @@ fn capacity_reports_verified_horizons_writes_decodable_vectors_and_resumes() {
     let check = cram(&["check", &out], &[]);
     assert!(check.status.success());
     assert!(String::from_utf8_lossy(&check.stdout).contains("3 done"));
+    // The report's capacity section.
+    let report = tmp.path().join("report");
+    let o = cram(&["report", &out, "-o", report.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(page.contains("Capacity search") && page.contains("capacity_horizon"));
+    let md = std::fs::read_to_string(report.join("capacity.md")).unwrap();
+    let mean = first
+        .iter()
+        .map(|l| l["horizon"].as_f64().unwrap())
+        .sum::<f64>()
+        / 3.0;
+    assert!(md.contains(&format!("| {mean:.1} |")), "{md}");
     // Other settings in the same run folder are refused, naming the setting.
     let mut other = args.clone();
     other.extend_from_slice(&["--search", "step:1"]);
@@ -116,7 +129,7 @@ fn capacity_reports_verified_horizons_writes_decodable_vectors_and_resumes() {
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("/capacity/search") && err.contains("another --out"),
+        err.contains("capacity.search") && err.contains("another --out"),
         "{err}"
     );
 }

@@ -29,6 +29,8 @@ use serde::Serialize;
 
 use super::ReportCell;
 use cram::error::{CramError, Result};
+
+pub mod capacity;
 use cram::metrics::{Cell, GroupSummary, MetricsConfig};
 
 /// DejaVu Sans (Bitstream Vera license, `assets/fonts/LICENSE_DEJAVU`).

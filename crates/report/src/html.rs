@@ -9,8 +9,9 @@ use base64::Engine as _;
 use super::figures::Figure;
 use super::tables::{self, Table};
 use super::{ReportConfig, RunData};
+use crate::capacity::CapacityRun;
 use cram::error::{CramError, Result};
-use cram::metrics::GroupSummary;
+use cram::metrics::{Cell, GroupSummary};
 
 /// File name of the page.
 pub const INDEX: &str = "index.html";
@@ -60,11 +61,58 @@ figcaption{font-size:.85em;color:#444}
 pre{background:#f7f7f7;border:1px solid #ddd;padding:.7em;overflow-x:auto;font-size:.8em}
 .meta{color:#555}";
 
+/// The capacity runs of a report, their figures and the sweeps' cells
+/// (for the comparison with a fixed grid).
+pub struct CapacityPart<'a> {
+    /// The runs.
+    pub runs: &'a [CapacityRun],
+    /// Their figures (drawn by [`crate::capacity::draw`]).
+    pub figures: &'a [Figure],
+    /// Every sweep cell of the report.
+    pub cells: &'a [Cell],
+}
+
+/// A figure as an `<img>` with its PNG inlined, and its caption.
+fn figure_html(dir: &Path, f: &Figure) -> Result<String> {
+    let png = dir.join(format!("{}.png", f.stem));
+    let bytes = std::fs::read(&png).map_err(|e| CramError::io(&png, e))?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    Ok(format!(
+        "<figure id=\"{stem}\"><img alt=\"{title}\" src=\"data:image/png;base64,{b64}\"><figcaption><b>{title}.</b> {caption} (<a href=\"{stem}.png\">PNG</a>, <a href=\"{stem}.svg\">SVG</a>)</figcaption></figure>\n",
+        stem = escape(&f.stem),
+        title = escape(&f.title),
+        caption = escape(&f.caption),
+    ))
+}
+
+/// The page's section on capacity runs.
+fn capacity_html(dir: &Path, part: &CapacityPart<'_>) -> Result<String> {
+    let mut s = String::from("<h2 id=\"capacity\">Capacity search</h2>\n<p>Per text, the horizon: the longest prefix that greedy decoding reproduces exactly from the vectors (and the layout's fixed prefix) alone, found by <code>cram capacity</code>'s stage search with warm starts. Files: <a href=\"capacity.md\">capacity.md</a>, <a href=\"capacity.csv\">capacity.csv</a>.</p>\n");
+    s += &table_html(&crate::capacity::summary(part.runs), 3);
+    for f in part.figures {
+        s += &figure_html(dir, f)?;
+    }
+    s += "<h3>Horizon per text</h3>\n<p>Beside each text, where the report's sweeps hold it (same model, text id and vector count), the longest grid length its vectors reproduce exactly (accuracy 1) and the grid's lengths (<a href=\"capacity_texts.csv\">capacity_texts.csv</a>).</p>\n";
+    s += &table_html(&crate::capacity::texts(part.runs, part.cells), 2);
+    for r in part.runs {
+        s += &format!(
+            "<h3>{}</h3>\n<p class=\"meta\">{} text(s), {} done, {} stages.</p>\n<pre class=\"config\">{}</pre>\n",
+            escape(&r.name),
+            r.texts.len(),
+            r.done().count(),
+            r.stages.len(),
+            escape(&serde_json::to_string_pretty(&r.settings).unwrap_or_default())
+        );
+    }
+    Ok(s)
+}
+
 /// Writes `index.html` into `dir`; the figures' PNG files must already be
-/// there.
+/// there. The sweeps' sections are left out when there are no cells.
 pub fn write_index(
     dir: &Path,
     runs: &[RunData],
+    capacity: &CapacityPart<'_>,
     groups: &[GroupSummary],
     figs: &[Figure],
     cfg: &ReportConfig,
@@ -89,28 +137,26 @@ pub fn write_index(
             "<p class=\"meta\"><b>{diverged} text(s) diverged</b>: their loss with the vectors is not finite (stop reason <code>diverged</code>), which makes the cross-entropy aggregates of their groups non-finite.</p>\n"
         );
     }
-    s += "<h2>Table 1: capacity per model</h2>\n<p>Token and information gain: mean ± sample standard deviation over the texts with accuracy ≤ the threshold; utilisation: mean token gain / theoretical capacity. Files: <a href=\"table1.md\">table1.md</a>, <a href=\"table1.csv\">table1.csv</a>, <a href=\"cells.csv\">cells.csv</a>.</p>\n";
-    s += &table_html(&tables::table1(groups, m), 2);
+    if !groups.is_empty() {
+        s += "<h2>Table 1: capacity per model</h2>\n<p>Token and information gain: mean ± sample standard deviation over the texts with accuracy ≤ the threshold; utilisation: mean token gain / theoretical capacity. Files: <a href=\"table1.md\">table1.md</a>, <a href=\"table1.csv\">table1.csv</a>, <a href=\"cells.csv\">cells.csv</a>.</p>\n";
+        s += &table_html(&tables::table1(groups, m), 2);
 
-    s += "<h2>Figures</h2>\n";
-    for f in figs {
-        let png = dir.join(format!("{}.png", f.stem));
-        let bytes = std::fs::read(&png).map_err(|e| CramError::io(&png, e))?;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-        s += &format!(
-            "<figure id=\"{stem}\"><img alt=\"{title}\" src=\"data:image/png;base64,{b64}\"><figcaption><b>{title}.</b> {caption} (<a href=\"{stem}.png\">PNG</a>, <a href=\"{stem}.svg\">SVG</a>)</figcaption></figure>\n",
-            stem = escape(&f.stem),
-            title = escape(&f.title),
-            caption = escape(&f.caption),
-        );
+        s += "<h2>Figures</h2>\n";
+        for f in figs {
+            s += &figure_html(dir, f)?;
+        }
+
+        s += "<h2>Cross-entropy fits</h2>\n<p>Compressed against original cross-entropy over the texts with accuracy &lt; the threshold (<a href=\"fits.csv\">fits.csv</a>).</p>\n";
+        s += &table_html(&tables::fits(groups, true), 2);
+        s += "<h2>Accuracy per length</h2>\n<p>(<a href=\"lengths.csv\">lengths.csv</a>)</p>\n";
+        s += &table_html(&tables::lengths(groups, true), 2);
     }
-
-    s += "<h2>Cross-entropy fits</h2>\n<p>Compressed against original cross-entropy over the texts with accuracy &lt; the threshold (<a href=\"fits.csv\">fits.csv</a>).</p>\n";
-    s += &table_html(&tables::fits(groups, true), 2);
-    s += "<h2>Accuracy per length</h2>\n<p>(<a href=\"lengths.csv\">lengths.csv</a>)</p>\n";
-    s += &table_html(&tables::lengths(groups, true), 2);
-
-    s += "<h2>Runs</h2>\n";
+    if !capacity.runs.is_empty() {
+        s += &capacity_html(dir, capacity)?;
+    }
+    if !runs.is_empty() {
+        s += "<h2>Runs</h2>\n";
+    }
     for r in runs {
         s += &format!(
             "<h3>{}</h3>\n<p class=\"meta\">{} texts.</p>\n",

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod capacity;
 pub mod export;
 pub mod figures;
 pub mod html;
@@ -297,6 +298,19 @@ pub(crate) fn choose_curves<'a>(
 /// Errors: no cells at all, a cell that appears twice (in one run or in
 /// two), a cell [`summarise`] rejects, or a file that cannot be written.
 pub fn write_report(runs: &[RunData], out_dir: &Path, cfg: &ReportConfig) -> Result<ReportSummary> {
+    write_report_with(runs, &[], out_dir, cfg)
+}
+
+/// [`write_report`] with capacity runs beside the sweeps: their section
+/// (tables `capacity.md`/`.csv`, `capacity_texts.md`/`.csv` and two
+/// figures) follows the sweeps' on the page. A report of capacity runs
+/// alone has only that section.
+pub fn write_report_with(
+    runs: &[RunData],
+    capacity_runs: &[capacity::CapacityRun],
+    out_dir: &Path,
+    cfg: &ReportConfig,
+) -> Result<ReportSummary> {
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut cells: Vec<&ReportCell> = Vec::new();
     for run in runs {
@@ -311,28 +325,59 @@ pub fn write_report(runs: &[RunData], out_dir: &Path, cfg: &ReportConfig) -> Res
             cells.push(c);
         }
     }
-    if cells.is_empty() {
+    let capacity_texts: usize = capacity_runs.iter().map(|r| r.done().count()).sum();
+    if cells.is_empty() && capacity_texts == 0 {
         return Err(CramError::Input(format!(
             "no results in {} run(s): nothing to report",
-            runs.len()
+            runs.len() + capacity_runs.len()
         )));
     }
     let flat: Vec<Cell> = cells.iter().map(|c| c.cell.clone()).collect();
     let groups = summarise(&flat, &cfg.metrics)?;
 
     std::fs::create_dir_all(out_dir).map_err(|e| CramError::io(out_dir, e))?;
-    let mut files = tables::write_tables(out_dir, &groups, &flat, &cfg.metrics)?;
-
+    let mut files = if cells.is_empty() {
+        Vec::new()
+    } else {
+        tables::write_tables(out_dir, &groups, &flat, &cfg.metrics)?
+    };
     let curves = choose_curves(&cells, &cfg.curves);
-    let figs = figures::draw_all(out_dir, &groups, &flat, &curves, &cfg.metrics)?;
-    for f in &figs {
+    let mut figs = figures::draw_all(out_dir, &groups, &flat, &curves, &cfg.metrics)?;
+    let capacity_figs = capacity::draw(out_dir, capacity_runs)?;
+    if !capacity_runs.is_empty() {
+        files.extend(tables::write_pair(
+            out_dir,
+            "capacity",
+            &capacity::summary(capacity_runs),
+            3,
+        )?);
+        files.extend(tables::write_pair(
+            out_dir,
+            "capacity_texts",
+            &capacity::texts(capacity_runs, &flat),
+            2,
+        )?);
+    }
+    for f in figs.iter().chain(&capacity_figs) {
         files.push(PathBuf::from(format!("{}.png", f.stem)));
         files.push(PathBuf::from(format!("{}.svg", f.stem)));
     }
-    html::write_index(out_dir, runs, &groups, &figs, cfg)?;
+    html::write_index(
+        out_dir,
+        runs,
+        &html::CapacityPart {
+            runs: capacity_runs,
+            figures: &capacity_figs,
+            cells: &flat,
+        },
+        &groups,
+        &figs,
+        cfg,
+    )?;
     files.push(PathBuf::from(html::INDEX));
+    figs.extend(capacity_figs);
     Ok(ReportSummary {
-        n_runs: runs.len(),
+        n_runs: runs.len() + capacity_runs.len(),
         n_cells: cells.len(),
         n_diverged: flat.iter().filter(|c| !c.best_loss.is_finite()).count(),
         groups,

@@ -323,6 +323,18 @@ pub fn cells(cells: &[Cell], cfg: &MetricsConfig) -> Table {
     t
 }
 
+/// Writes `t` as `dir/<stem>.md` (the first `text_cols` columns
+/// left-aligned) and `dir/<stem>.csv`; returns both names.
+pub fn write_pair(dir: &Path, stem: &str, t: &Table, text_cols: usize) -> Result<Vec<PathBuf>> {
+    let md = dir.join(format!("{stem}.md"));
+    std::fs::write(&md, t.to_markdown(text_cols)).map_err(|e| CramError::io(&md, e))?;
+    t.write_csv(&dir.join(format!("{stem}.csv")))?;
+    Ok(vec![
+        PathBuf::from(format!("{stem}.md")),
+        PathBuf::from(format!("{stem}.csv")),
+    ])
+}
+
 /// Writes `table1`, `fits` and `lengths` (`.md` and `.csv`) and
 /// `cells.csv` into `dir`; returns the file names.
 pub fn write_tables(

@@ -140,6 +140,7 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
         "layout": layout,
         "capacity": cfg,
     }))?;
+    store.set_meta("model_name", &m.spec)?;
     let show = !quiet && !args.json;
     if show {
         eprintln!(

@@ -51,11 +51,20 @@ fn bits(s: &str) -> Result<f64, String> {
 
 /// Runs `cram report`.
 pub fn run(args: &ReportArgs, quiet: bool) -> anyhow::Result<()> {
-    let runs = args
-        .runs
-        .iter()
-        .map(|p| cram_report::read_run(p))
-        .collect::<cram::Result<Vec<_>>>()?;
+    // A folder of `cram capacity` goes to the capacity section; one that
+    // holds no sweep results besides is not read as a sweep.
+    let mut runs = Vec::new();
+    let mut capacity = Vec::new();
+    for p in &args.runs {
+        let cap = cram_report::capacity::read(p)?;
+        let sweep = !p.is_dir()
+            || p.join(cram_report::CELLS_FILE).is_file()
+            || !cram::store::run_databases(p)?.is_empty();
+        if sweep || cap.is_none() {
+            runs.push(cram_report::read_run(p)?);
+        }
+        capacity.extend(cap);
+    }
     let cfg = ReportConfig {
         metrics: MetricsConfig {
             threshold: args.threshold,
@@ -68,7 +77,7 @@ pub fn run(args: &ReportArgs, quiet: bool) -> anyhow::Result<()> {
         },
         title: args.title.clone(),
     };
-    let s = cram_report::write_report(&runs, &args.output, &cfg)?;
+    let s = cram_report::write_report_with(&runs, &capacity, &args.output, &cfg)?;
     if !quiet {
         println!(
             "{} run(s), {} texts, {} group(s): {} files, {} figures -> {}",

@@ -178,18 +178,12 @@ impl CapacityStore {
         if self.empty {
             return Ok(None);
         }
-        let s: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'settings'", [], |r| {
-                r.get(0)
+        self.get_meta("settings")?
+            .map(|s| {
+                serde_json::from_str(&s)
+                    .map_err(|e| CramError::bad_file(&self.path, format!("meta `settings`: {e}")))
             })
-            .optional()
-            .map_err(|e| sql_err(&self.path, e))?;
-        s.map(|s| {
-            serde_json::from_str(&s)
-                .map_err(|e| CramError::bad_file(&self.path, format!("meta `settings`: {e}")))
-        })
-        .transpose()
+            .transpose()
     }
 
     /// Records `settings` in a new run, or checks that an existing run was
@@ -207,17 +201,41 @@ impl CapacityStore {
                 .map_err(|e| sql_err(&self.path, e)),
             Some(old) if old == *settings => Ok(()),
             Some(old) => {
-                let key = first_difference(&old, settings).unwrap_or_default();
+                let keys = crate::sweep::differing_keys(&old.to_string(), &settings.to_string());
+                let key = keys.first().cloned().unwrap_or_default();
                 Err(CramError::bad_file(
                     &self.path,
                     format!(
                         "this run was started with other settings (`{key}`: {} here, {} now); resume it with the same settings or use another --out",
-                        pointer(&old, &key),
-                        pointer(settings, &key)
+                        value_at(&old, &key),
+                        value_at(settings, &key)
                     ),
                 ))
             }
         }
+    }
+
+    /// Records a descriptive `key` (the model's name as typed, ...) that,
+    /// unlike the settings, may change between runs.
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                [key, value],
+            )
+            .map(|_| ())
+            .map_err(|e| sql_err(&self.path, e))
+    }
+
+    /// A value recorded by [`CapacityStore::set_meta`].
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        if self.empty {
+            return Ok(None);
+        }
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| sql_err(&self.path, e))
     }
 
     /// Every stored text's progress with its checkpoint, by input position.
@@ -337,27 +355,10 @@ impl CapacityStore {
     }
 }
 
-/// The JSON pointer (`/a/b`) of the first place where `a` and `b` differ.
-fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
-                (Some(u), Some(v)) => first_difference(u, v).map(|p| format!("/{k}{p}")),
-                _ => Some(format!("/{k}")),
-            })
-        }
-        _ if a == b => None,
-        _ => Some(String::new()),
-    }
-}
-
-/// The value at `pointer` in `v`, as JSON (`absent` when there is none).
-fn pointer(v: &serde_json::Value, pointer: &str) -> String {
-    v.pointer(pointer)
+/// The value at the dotted `key` (`capacity.search`) in `v`, as JSON
+/// (`absent` when there is none).
+fn value_at(v: &serde_json::Value, key: &str) -> String {
+    v.pointer(&format!("/{}", key.replace('.', "/")))
         .map_or_else(|| "absent".into(), |x| x.to_string())
 }
 
@@ -403,7 +404,7 @@ mod tests {
         let other = serde_json::json!({"search": {"search": "step:1", "start": 8}, "model": "x"});
         let e = s.adopt_settings(&other).unwrap_err().to_string();
         assert!(
-            e.contains("/search/search") && e.contains("\"gallop\""),
+            e.contains("`search.search`") && e.contains("\"gallop\""),
             "{e}"
         );
         let stage = StageRecord {
