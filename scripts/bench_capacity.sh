@@ -19,6 +19,7 @@
 #   both capacity searches] GRID_FROM [unset; a convergence-study JSONL
 #   (docs/study/convergence.jsonl): its `cram` cells at the grid's lengths
 #   are used instead of running those lengths again; the table says which]
+#   CRAM [the cram binary; built with cargo if unset]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-smollm2-135m}
@@ -29,8 +30,10 @@ PAPER=${PAPER:-1}
 OUT=${OUT:-target/bench_capacity}
 GRID_FROM=${GRID_FROM:-}
 read -r -a EXTRA <<<"${CAPACITY_FLAGS:-}"
-cargo build --quiet
-CRAM=target/debug/cram
+if [ -z "${CRAM:-}" ]; then
+    cargo build --quiet
+    CRAM=target/debug/cram
+fi
 mkdir -p "$OUT"
 python3 scripts/study_texts.py "$DATA" "$NTEXTS" >"$OUT/texts.jsonl"
 MAXL=$(printf '%s\n' $GRID | sort -n | tail -1)
@@ -45,16 +48,6 @@ got = {r["text_index"] for r in rows if r["model"] == model and r["tokens"] == L
 sys.exit(0 if got >= set(range(n)) else 1)
 PY
 }
-for L in $GRID; do
-    if from_study "$L"; then
-        echo "grid $L: from $GRID_FROM" >&2
-        rm -f "$OUT/grid-$L.jsonl"
-        continue
-    fi
-    echo "grid $L: cram compress --tokens $L --batch 8 ..." >&2
-    "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/texts.jsonl" --tokens "$L" --batch 8 \
-        --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
-done
 search() { # NAME FLAGS...
     local name=$1
     shift
@@ -65,6 +58,17 @@ search() { # NAME FLAGS...
 search gallop --search gallop
 search step1 --search step:1 --start 1
 [ "$PAPER" = 1 ] && search paper --search gallop --protocol paper
+
+for L in $GRID; do
+    if from_study "$L"; then
+        echo "grid $L: from $GRID_FROM" >&2
+        rm -f "$OUT/grid-$L.jsonl"
+        continue
+    fi
+    echo "grid $L: cram compress --tokens $L --batch 8 ..." >&2
+    "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/texts.jsonl" --tokens "$L" --batch 8 \
+        --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
+done
 
 python3 - "$OUT" "$GRID" "$GRID_FROM" "$MODEL" "$NTEXTS" <<'PY'
 import json, os, statistics, sys

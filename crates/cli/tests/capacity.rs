@@ -186,6 +186,8 @@ fn bad_capacity_settings_are_clear_errors() {
         (vec!["--budget", "0"], &input, "--budget"),
         (vec!["--max-tokens", "0"], &input, "--max-tokens"),
         (vec!["--batch", "0"], &input, "--batch"),
+        (vec!["--texts", "0"], &input, "--texts"),
+        (vec!["--lr", "NaN"], &input, "lr"),
         (vec![], &empty, "empty.jsonl"),
     ] {
         let mut args = vec![

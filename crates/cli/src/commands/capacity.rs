@@ -43,7 +43,8 @@ pub struct CapacityArgs {
     /// Most optimisation steps of one stage.
     #[arg(long, default_value_t = 300)]
     pub stage_steps: usize,
-    /// A stage fails after this many steps without a longer correct prefix.
+    /// A stage fails after this many steps in which neither its longest
+    /// correct prefix nor its accuracy grew.
     #[arg(long, default_value_t = 100)]
     pub stage_patience: usize,
     /// Most optimisation steps per text, all stages together.
@@ -93,6 +94,9 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
     }
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
+    }
+    if args.texts == Some(0) {
+        anyhow::bail!("--texts must be at least 1");
     }
     let engine = Engine::new(m, args.cram.config())?;
     let layout = engine.layout().clone();

@@ -7,8 +7,9 @@
 //! longest prefix verified so far (the vectors *and* AdamW's moments and
 //! step count), and ends when teacher-forced accuracy on the target
 //! reaches 1 and greedy decoding confirms it (success), or after
-//! `stage_steps` steps, `stage_patience` steps without a longer correct
-//! prefix, or when the text's total `budget` is spent (failure). Either way
+//! `stage_steps` steps, `stage_patience` steps in which neither the correct
+//! prefix nor the accuracy grew, or when the text's total `budget` is spent
+//! (failure). Either way
 //! the stage's best vectors are decoded and the prefix they reproduce is
 //! verified: a failed stage can still raise the horizon. The [`Search`]
 //! picks the next target from what the stages found ([`SearchState`]).
@@ -79,8 +80,8 @@ pub struct CapacityConfig {
     pub max_tokens: Option<usize>,
     /// Most steps of one stage.
     pub stage_steps: usize,
-    /// A stage fails after this many steps without a longer correct
-    /// prefix.
+    /// A stage fails after this many steps in which neither its longest
+    /// correct prefix nor its accuracy grew.
     pub stage_patience: usize,
     /// Most steps per text, all stages together.
     pub budget: usize,
@@ -266,6 +267,9 @@ struct Job {
     stage_step: usize,
     /// The stage's best so far: correct prefix, loss, accuracy, state.
     best: Option<(usize, f64, f64, OptState)>,
+    /// The stage's highest teacher-forced accuracy.
+    best_accuracy: f64,
+    /// Steps since the correct prefix or the accuracy last grew.
     since_best: usize,
 }
 
@@ -391,6 +395,7 @@ pub fn search(
                 p,
                 stage_step: 0,
                 best: None,
+                best_accuracy: f64::NEG_INFINITY,
                 since_best: 0,
             });
         }
@@ -486,7 +491,9 @@ fn step(
         if better {
             j.best = Some((o.correct_prefix, o.loss, o.accuracy, j.cur.clone()));
         }
-        j.since_best = if longer { 0 } else { j.since_best + 1 };
+        let progressed = longer || o.accuracy > j.best_accuracy;
+        j.best_accuracy = j.best_accuracy.max(o.accuracy);
+        j.since_best = if progressed { 0 } else { j.since_best + 1 };
         next.push(if o.correct_prefix >= target {
             Next::Verify
         } else if j.stage_step >= cfg.stage_steps
@@ -574,6 +581,7 @@ fn step(
         j.cur = j.p.checkpoint.clone();
         j.stage_step = 0;
         j.best = None;
+        j.best_accuracy = f64::NEG_INFINITY;
         j.since_best = 0;
         if j.p.search.done {
             finished.push(k);
