@@ -201,3 +201,87 @@ fn bad_capacity_settings_are_clear_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn a_capacity_sweep_runs_its_units_in_shards_and_reports_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    texts(tmp.path());
+    let config = tmp.path().join("capacity.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"models = ["{}"]
+n_mem = [2]
+samples = 3
+batch_size = 2
+protocol = "cram"
+[optimizer]
+lr = 0.1
+beta2 = 0.99
+[capacity]
+search = ["gallop", "step:2"]
+max_tokens = 10
+start = 2
+[[datasets]]
+name = "short"
+chunk = "whole"
+source = {{ kind = "jsonl", path = "texts.jsonl" }}
+"#,
+            model().replace('\\', "/")
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let out = tmp.path().join("run").display().to_string();
+    for shard in ["0/2", "1/2"] {
+        let o = cram(
+            &["--quiet", "sweep", &config, "--out", &out, "--shard", shard],
+            &[],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // Two units (one per search), each with two shard databases.
+    let units: Vec<_> = std::fs::read_dir(tmp.path().join("run/capacity"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(units.len(), 2, "{units:?}");
+    for u in &units {
+        assert_eq!(
+            std::fs::read_dir(u)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".sqlite")
+                })
+                .count(),
+            2
+        );
+    }
+    let o = cram(&["check", &out, "--config", &config], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("6 done"));
+    let report = tmp.path().join("report");
+    let o = cram(&["report", &out, "-o", report.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(report.join("capacity.md")).unwrap();
+    assert_eq!(md.lines().count(), 4, "two units: {md}");
+    assert!(
+        md.contains("gallop · cram · 2 vectors") && md.contains("step:2 · cram"),
+        "{md}"
+    );
+    // `lengths` in a capacity sweep is a configuration error.
+    let bad = tmp.path().join("bad.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("samples = 3", "samples = 3\nlengths = [8]"),
+    )
+    .unwrap();
+    let o = cram(&["sweep", bad.to_str().unwrap(), "--out", &out], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("lengths"));
+}

@@ -56,27 +56,48 @@ impl CapacityRun {
     }
 }
 
-/// Reads the capacity run of the folder `path`, if it holds one
-/// (`capacity.sqlite`).
-pub fn read(path: &Path) -> Result<Option<CapacityRun>> {
-    let db = path.join(CAPACITY_DB);
-    if !path.is_dir() || !db.is_file() {
-        return Ok(None);
+/// Reads the capacity runs of the folder `path`: the run of `cram
+/// capacity` (`capacity.sqlite`), or each unit of a capacity sweep (its
+/// shards' databases merged); none when it holds neither.
+pub fn read(path: &Path) -> Result<Vec<CapacityRun>> {
+    if !path.is_dir() {
+        return Ok(Vec::new());
     }
-    let store = CapacityStore::open_read(&db)?;
-    let name = path
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| path.display().to_string());
-    let settings = store.settings()?.unwrap_or_default();
-    Ok(Some(CapacityRun {
-        name,
-        model: store.get_meta("model_name")?.unwrap_or_else(|| "?".into()),
-        settings,
-        texts: store.load()?,
-        stages: store.stages()?,
-    }))
+    let db = path.join(CAPACITY_DB);
+    let mut groups: Vec<(String, Vec<std::path::PathBuf>)> = Vec::new();
+    if db.is_file() {
+        let name = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| path.display().to_string());
+        groups.push((name, vec![db]));
+    }
+    groups.extend(cram::sweep::capacity::units(path)?);
+    let mut runs = Vec::new();
+    for (name, dbs) in groups {
+        let mut run = CapacityRun {
+            name,
+            model: "?".into(),
+            settings: serde_json::Value::Null,
+            texts: Vec::new(),
+            stages: Vec::new(),
+        };
+        for db in dbs {
+            let store = CapacityStore::open_read(&db)?;
+            if let Some(s) = store.settings()? {
+                run.settings = s;
+            }
+            if let Some(m) = store.get_meta("model_name")? {
+                run.model = m;
+            }
+            run.texts.extend(store.load()?);
+            run.stages.extend(store.stages()?);
+        }
+        run.texts.sort_by_key(|t| t.index);
+        runs.push(run);
+    }
+    Ok(runs)
 }
 
 fn median(v: &mut [f64]) -> Option<f64> {

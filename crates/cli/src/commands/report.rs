@@ -60,7 +60,7 @@ pub fn run(args: &ReportArgs, quiet: bool) -> anyhow::Result<()> {
         let sweep = !p.is_dir()
             || p.join(cram_report::CELLS_FILE).is_file()
             || !cram::store::run_databases(p)?.is_empty();
-        if sweep || cap.is_none() {
+        if sweep || cap.is_empty() {
             runs.push(cram_report::read_run(p)?);
         }
         capacity.extend(cap);

@@ -178,6 +178,26 @@ pub fn sweep(args: &SweepArgs, quiet: bool) -> anyhow::Result<()> {
         overall: None,
         batch: None,
     };
+    if p.cfg.capacity.is_some() {
+        let s = sweep::capacity::run(&p, &opts, &mut load, &mut bars)?;
+        if let Some(o) = bars.overall.take() {
+            o.finish_and_clear();
+        }
+        if !quiet {
+            println!(
+                "{}: capacity sweep, {} unit(s), {} text searches ({} already done){}",
+                args.out.display(),
+                s.units,
+                s.texts,
+                s.already,
+                shard
+                    .filter(|s| s.count > 1)
+                    .map(|sh| format!(", shard {sh}"))
+                    .unwrap_or_default()
+            );
+        }
+        return Ok(());
+    }
     let s = sweep::run(&p, &opts, &mut load, &mut bars)?;
     if let Some(o) = bars.overall.take() {
         o.finish_and_clear();
@@ -232,16 +252,40 @@ pub fn merge(args: &MergeArgs, quiet: bool) -> anyhow::Result<()> {
 
 /// Runs `cram check`.
 pub fn check(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
-    let capacity = args.run_dir.join(cram::capacity::store::CAPACITY_DB);
-    if capacity.is_file() {
-        let s = cram::capacity::CapacityStore::open_read(&capacity)?.summary()?;
+    // A capacity run (`cram capacity`), or the units of a capacity sweep.
+    let mut dbs = vec![args.run_dir.join(cram::capacity::store::CAPACITY_DB)];
+    dbs.retain(|d| d.is_file());
+    let units = sweep::capacity::units(&args.run_dir)?;
+    dbs.extend(units.iter().flat_map(|u| u.1.iter().cloned()));
+    if !dbs.is_empty() {
+        let (mut texts, mut done, mut stages) = (0, 0, 0);
+        for db in &dbs {
+            let s = cram::capacity::CapacityStore::open_read(db)?.summary()?;
+            texts += s.texts;
+            done += s.done;
+            stages += s.stages;
+        }
+        if let Some(config) = &args.config {
+            let p = Plan::load(config)?;
+            if let Some(cap) = &p.cfg.capacity {
+                let want = p.cfg.models.len()
+                    * p.datasets.len()
+                    * p.cfg.n_mem.len()
+                    * cap.search.len()
+                    * p.cfg.samples;
+                if done != want {
+                    anyhow::bail!(
+                        "{}: {done} of the configuration's {want} text searches are done",
+                        args.run_dir.display()
+                    );
+                }
+            }
+        }
         if !quiet {
             println!(
-                "{}: integrity ok, capacity run: {} text(s) searched, {} done, {} stages",
+                "{}: integrity ok, capacity: {} database(s), {texts} text(s) searched, {done} done, {stages} stages",
                 args.run_dir.display(),
-                s.texts,
-                s.done,
-                s.stages
+                dbs.len(),
             );
         }
         if cram::store::run_databases(&args.run_dir)?.is_empty() {

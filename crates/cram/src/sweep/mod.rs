@@ -37,6 +37,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+pub mod capacity;
 pub mod check;
 pub mod merge;
 pub mod runner;
@@ -70,7 +71,8 @@ pub struct SweepConfig {
     pub datasets: Vec<DatasetConfig>,
     /// Text lengths in tokens (BOS included where the tokenizer adds one):
     /// each text is truncated to this many tokens (the paper's
-    /// `max_length`).
+    /// `max_length`). None in a capacity sweep.
+    #[serde(default)]
     pub lengths: Vec<usize>,
     /// Numbers of trainable vectors.
     pub n_mem: Vec<usize>,
@@ -105,6 +107,11 @@ pub struct SweepConfig {
     /// `[optimizer]`); without one, the defaults above apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// A capacity sweep: instead of a grid of lengths, a `cram capacity`
+    /// search per (model, data set, `n_mem`, search) over the data set's
+    /// first `samples` texts (see [`capacity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<capacity::CapacitySweep>,
 }
 
 fn default_batch_size() -> usize {
@@ -252,7 +259,24 @@ impl SweepConfig {
         if self.datasets.is_empty() {
             return bad("datasets", "no data sets".into());
         }
-        for (field, list) in [("lengths", &self.lengths), ("n_mem", &self.n_mem)] {
+        if let Some(c) = &self.capacity {
+            if !self.lengths.is_empty() {
+                return bad(
+                    "lengths",
+                    "a capacity sweep searches each text's length itself: leave `lengths` out"
+                        .into(),
+                );
+            }
+            if let Some((field, msg)) = c.invalid() {
+                return bad(&format!("capacity.{field}"), msg);
+            }
+        }
+        let lists: &[(&str, &Vec<usize>)] = if self.capacity.is_some() {
+            &[("n_mem", &self.n_mem)]
+        } else {
+            &[("lengths", &self.lengths), ("n_mem", &self.n_mem)]
+        };
+        for &(field, list) in lists {
             if list.is_empty() {
                 return bad(field, "empty list".into());
             }

@@ -1,0 +1,299 @@
+//! Capacity sweeps: a configuration with a `[capacity]` table runs a
+//! `cram capacity` search ([`crate::capacity`]) for every (model, data set,
+//! `n_mem`, search) over the data set's first `samples` texts, instead of
+//! a grid of lengths.
+//!
+//! ```toml
+//! models = ["smollm2-135m"]
+//! n_mem = [1]
+//! samples = 8
+//! batch_size = 8
+//! protocol = "cram"
+//! [capacity]
+//! search = ["gallop", "step:1"]
+//! max_tokens = 128
+//! [[datasets]]
+//! name = "pg19"
+//! builtin = "pg19"
+//! ```
+//!
+//! Each (model, data set, `n_mem`, search) is a *unit* with its own folder
+//! `RUN_DIR/capacity/<model>__<dataset>__m<n_mem>__<search>/` holding
+//! `capacity.sqlite`, or with shards one `capacity-shard-I-of-N.sqlite` per
+//! shard: shard `i` of `n` searches the texts whose position in the data
+//! set is `i` modulo `n`, so shards are disjoint and together cover every
+//! text. A unit resumes like `cram capacity`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::runner::{ModelLoader, Plan, Progress, RunOptions};
+use super::Shard;
+use crate::capacity::{self, CapacityConfig, CapacityStore, CapacityText, Event, Schedule, Search};
+use crate::engine::Engine;
+use crate::error::{CramError, Result};
+use crate::memfile::ModelIdentity;
+use crate::store::RunLock;
+
+/// The `[capacity]` table of a sweep configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacitySweep {
+    /// The searches, each a unit of its own (`gallop`, `step:K`).
+    #[serde(default = "default_search")]
+    pub search: Vec<Search>,
+    /// Each text is truncated to this many tokens.
+    pub max_tokens: usize,
+    /// The first stage's target [default: the search's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<usize>,
+    /// Most steps of one stage.
+    #[serde(default = "default_stage_steps")]
+    pub stage_steps: usize,
+    /// A stage fails after this many steps without progress.
+    #[serde(default = "default_stage_patience")]
+    pub stage_patience: usize,
+    /// Most steps per text.
+    #[serde(default = "default_budget")]
+    pub budget: usize,
+    /// The learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+fn default_search() -> Vec<Search> {
+    vec![Search::Gallop]
+}
+
+fn default_stage_steps() -> usize {
+    CapacityConfig::new(Search::Gallop).stage_steps
+}
+
+fn default_stage_patience() -> usize {
+    CapacityConfig::new(Search::Gallop).stage_patience
+}
+
+fn default_budget() -> usize {
+    CapacityConfig::new(Search::Gallop).budget
+}
+
+impl CapacitySweep {
+    /// The search settings of one unit.
+    pub fn config(&self, search: Search) -> CapacityConfig {
+        CapacityConfig {
+            search,
+            start: self.start.unwrap_or(search.default_start()),
+            max_tokens: Some(self.max_tokens),
+            stage_steps: self.stage_steps,
+            stage_patience: self.stage_patience,
+            budget: self.budget,
+            schedule: self.schedule,
+        }
+    }
+
+    /// The first invalid setting, as (field, what is wrong).
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
+        if self.search.is_empty() {
+            return Some(("search", "no search".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(s) = self.search.iter().find(|s| !seen.insert(s.to_string())) {
+            return Some(("search", format!("`{s}` appears twice")));
+        }
+        self.config(self.search[0]).invalid()
+    }
+}
+
+/// The folder of a unit's databases.
+pub fn unit_dir(
+    run_dir: &Path,
+    model: &str,
+    dataset: &str,
+    n_mem: usize,
+    search: Search,
+) -> PathBuf {
+    let slug = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    run_dir.join("capacity").join(format!(
+        "{}__{}__m{n_mem}__{}",
+        slug(model),
+        slug(dataset),
+        slug(&search.to_string())
+    ))
+}
+
+/// A unit's database for `shard`.
+pub fn unit_db(dir: &Path, shard: Option<Shard>) -> PathBuf {
+    match shard {
+        Some(s) if s.count > 1 => {
+            dir.join(format!("capacity-shard-{}-of-{}.sqlite", s.index, s.count))
+        }
+        _ => dir.join(capacity::store::CAPACITY_DB),
+    }
+}
+
+/// The units of a capacity sweep's run folder: each unit folder's name and
+/// its databases (sorted); none when the folder holds no capacity sweep.
+pub fn units(run_dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    let root = run_dir.join("capacity");
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| CramError::io(&root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        let mut dbs: Vec<PathBuf> = std::fs::read_dir(&d)
+            .map_err(|e| CramError::io(&d, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                n.starts_with("capacity") && n.ends_with(".sqlite")
+            })
+            .collect();
+        dbs.sort();
+        let name = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push((name, dbs));
+    }
+    Ok(out)
+}
+
+/// What a capacity sweep did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapacitySweepSummary {
+    /// Units run (model × data set × `n_mem` × search).
+    pub units: usize,
+    /// Texts of this shard over all units.
+    pub texts: usize,
+    /// Texts whose search was already over before this run.
+    pub already: usize,
+}
+
+/// Runs the capacity searches of `opts.shard` of `p` into `opts.out`,
+/// resuming each unit's store. Each model is loaded once (by `load`); the
+/// texts of every unit are tokenised and checked before its first step.
+pub fn run(
+    p: &Plan,
+    opts: &RunOptions,
+    load: &mut ModelLoader<'_>,
+    progress: &mut dyn Progress,
+) -> Result<CapacitySweepSummary> {
+    let cap = p
+        .cfg
+        .capacity
+        .as_ref()
+        .ok_or_else(|| CramError::Input("not a capacity sweep (no [capacity] table)".into()))?;
+    if opts.new {
+        return Err(CramError::Input(
+            "--new: a capacity sweep resumes its units; to start afresh use another --out".into(),
+        ));
+    }
+    let shard = opts.shard;
+    let mine = |s: usize| shard.is_none_or(|sh| s % sh.count == sh.index);
+    let n_texts = (0..p.cfg.samples).filter(|&s| mine(s)).count();
+    let n_units = p.cfg.models.len() * p.datasets.len() * p.cfg.n_mem.len() * cap.search.len();
+    let mut summary = CapacitySweepSummary {
+        units: n_units,
+        texts: n_units * n_texts,
+        already: 0,
+    };
+    let mut started = false;
+    for spec in &p.cfg.models {
+        let lm = load(spec, &p.cfg.dtype)
+            .map_err(|e| CramError::Input(format!("{}: model `{spec}`: {e}", p.path.display())))?;
+        let layout = p.cfg.sink.resolve(&lm.tokenizer)?;
+        let identity = ModelIdentity::of(&lm)?;
+        let backend = lm.model.info().backend();
+        let room = lm
+            .model
+            .info()
+            .context_length
+            .saturating_sub(layout.prefix_len());
+        for d in &p.datasets {
+            let ids = d.tokens(&lm.tokenizer, &layout, cap.max_tokens)?;
+            let sample_ids = d.sample_ids();
+            for &n_mem in &p.cfg.n_mem {
+                let engine = Engine::with_layout(
+                    lm.model.as_ref(),
+                    p.cfg.cram_config(n_mem),
+                    layout.clone(),
+                )?;
+                let texts: Vec<CapacityText> = (0..p.cfg.samples)
+                    .filter(|&s| mine(s))
+                    .map(|s| {
+                        let mut t = ids[s].clone();
+                        t.truncate(room.saturating_sub(n_mem));
+                        CapacityText {
+                            index: s,
+                            id: sample_ids[s].clone(),
+                            ids: t,
+                        }
+                    })
+                    .collect();
+                for &search in &cap.search {
+                    let cfg = cap.config(search);
+                    let dir = unit_dir(&opts.out, spec, &d.name, n_mem, search);
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        CramError::bad_file(&dir, format!("cannot create folder: {e}"))
+                    })?;
+                    let db = unit_db(&dir, shard);
+                    let _lock = RunLock::acquire(&db, opts.wait)?;
+                    let mut store = CapacityStore::open(&db)?;
+                    store.adopt_settings(&serde_json::json!({
+                        "model": {
+                            "architecture": identity.architecture,
+                            "weights_sha256": identity.weights_sha256,
+                            "tokenizer_sha256": identity.tokenizer_sha256,
+                        },
+                        "backend": backend,
+                        "engine": engine.config(),
+                        "layout": layout,
+                        "capacity": cfg,
+                        "dataset": d.name,
+                    }))?;
+                    store.set_meta("model_name", spec)?;
+                    let unit_already = store.load()?.iter().filter(|t| t.search.done).count();
+                    summary.already += unit_already;
+                    if !started {
+                        progress.start(summary.texts, summary.already);
+                        started = true;
+                    }
+                    progress.group(&format!(
+                        "{spec} / {} / {n_mem} vector(s) / {search}",
+                        d.name
+                    ));
+                    // The texts done before are reported first: not new.
+                    let mut skip = unit_already;
+                    capacity::search(&engine, &cfg, &texts, p.cfg.batch_size, &mut store, |e| {
+                        if let Event::Text(_) = e {
+                            if skip > 0 {
+                                skip -= 1;
+                            } else {
+                                progress.batch_done(1);
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(summary)
+}
