@@ -375,6 +375,7 @@ pub fn run(
                 progress.batch_done(rows.len());
             }
         }
+        crate::ablations::run_model(p, &lm, chunks, &tokens, &layout, shard, st, progress)?;
     }
     if store.is_none() {
         // Nothing of this shard needed a model: still a valid, empty run.
