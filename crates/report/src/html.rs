@@ -6,6 +6,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
+use super::ablations::Section;
 use super::figures::Figure;
 use super::tables::{self, Table};
 use super::{ReportConfig, RunData};
@@ -60,6 +61,19 @@ figcaption{font-size:.85em;color:#444}
 pre{background:#f7f7f7;border:1px solid #ddd;padding:.7em;overflow-x:auto;font-size:.8em}
 .meta{color:#555}";
 
+/// One figure: the PNG as a data URI, its caption and links to its files.
+fn figure_html(dir: &Path, f: &Figure) -> Result<String> {
+    let png = dir.join(format!("{}.png", f.stem));
+    let bytes = std::fs::read(&png).map_err(|e| CramError::io(&png, e))?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    Ok(format!(
+        "<figure id=\"{stem}\"><img alt=\"{title}\" src=\"data:image/png;base64,{b64}\"><figcaption><b>{title}.</b> {caption} (<a href=\"{stem}.png\">PNG</a>, <a href=\"{stem}.svg\">SVG</a>)</figcaption></figure>\n",
+        stem = escape(&f.stem),
+        title = escape(&f.title),
+        caption = escape(&f.caption),
+    ))
+}
+
 /// Writes `index.html` into `dir`; the figures' PNG files must already be
 /// there.
 pub fn write_index(
@@ -67,6 +81,7 @@ pub fn write_index(
     runs: &[RunData],
     groups: &[GroupSummary],
     figs: &[Figure],
+    sections: &[Section],
     cfg: &ReportConfig,
 ) -> Result<()> {
     let m = &cfg.metrics;
@@ -94,21 +109,24 @@ pub fn write_index(
 
     s += "<h2>Figures</h2>\n";
     for f in figs {
-        let png = dir.join(format!("{}.png", f.stem));
-        let bytes = std::fs::read(&png).map_err(|e| CramError::io(&png, e))?;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-        s += &format!(
-            "<figure id=\"{stem}\"><img alt=\"{title}\" src=\"data:image/png;base64,{b64}\"><figcaption><b>{title}.</b> {caption} (<a href=\"{stem}.png\">PNG</a>, <a href=\"{stem}.svg\">SVG</a>)</figcaption></figure>\n",
-            stem = escape(&f.stem),
-            title = escape(&f.title),
-            caption = escape(&f.caption),
-        );
+        s += &figure_html(dir, f)?;
     }
 
     s += "<h2>Cross-entropy fits</h2>\n<p>Compressed against original cross-entropy over the texts with accuracy &lt; the threshold (<a href=\"fits.csv\">fits.csv</a>).</p>\n";
     s += &table_html(&tables::fits(groups, true), 2);
     s += "<h2>Accuracy per length</h2>\n<p>(<a href=\"lengths.csv\">lengths.csv</a>)</p>\n";
     s += &table_html(&tables::lengths(groups, true), 2);
+
+    for sec in sections {
+        s += &format!(
+            "<h2 id=\"section-{stem}\">{title}</h2>\n<p>Table: <a href=\"{csv}\">{csv}</a> (every row of these experiments: <a href=\"ablations.csv\">ablations.csv</a>).</p>\n",
+            stem = escape(&sec.figure.stem),
+            title = escape(&sec.title),
+            csv = escape(&sec.csv),
+        );
+        s += &table_html(&sec.table, 2);
+        s += &figure_html(dir, &sec.figure)?;
+    }
 
     s += "<h2>Runs</h2>\n";
     for r in runs {

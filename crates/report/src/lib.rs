@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ablations;
 pub mod export;
 pub mod figures;
 pub mod html;
@@ -73,6 +74,9 @@ pub struct RunData {
     pub config_toml: String,
     /// The run's results.
     pub cells: Vec<ReportCell>,
+    /// The rows of the paper's other experiments (empty for runs that
+    /// have none, and for JSON-lines runs).
+    pub ablations: cram::store::RunAblations,
 }
 
 /// Picks cells by any of their keys; a key left `None` matches every cell.
@@ -329,7 +333,15 @@ pub fn write_report(runs: &[RunData], out_dir: &Path, cfg: &ReportConfig) -> Res
         files.push(PathBuf::from(format!("{}.png", f.stem)));
         files.push(PathBuf::from(format!("{}.svg", f.stem)));
     }
-    html::write_index(out_dir, runs, &groups, &figs, cfg)?;
+    let mut ab = cram::store::RunAblations::default();
+    for r in runs {
+        ab.rows.extend(r.ablations.rows.iter().cloned());
+        ab.pca_cells.extend(r.ablations.pca_cells.iter().cloned());
+    }
+    let (sections, ab_files) =
+        ablations::write_sections(out_dir, &ab, &flat, cfg.metrics.threshold)?;
+    files.extend(ab_files);
+    html::write_index(out_dir, runs, &groups, &figs, &sections, cfg)?;
     files.push(PathBuf::from(html::INDEX));
     Ok(ReportSummary {
         n_runs: runs.len(),
@@ -337,7 +349,10 @@ pub fn write_report(runs: &[RunData], out_dir: &Path, cfg: &ReportConfig) -> Res
         n_diverged: flat.iter().filter(|c| !c.best_loss.is_finite()).count(),
         groups,
         files,
-        figures: figs,
+        figures: figs
+            .into_iter()
+            .chain(sections.into_iter().map(|s| s.figure))
+            .collect(),
         curve_cells: curves.iter().map(|c| cell_key(&c.cell)).collect(),
     })
 }
@@ -387,6 +402,7 @@ pub fn read_run(path: &Path) -> Result<RunData> {
         name,
         config_toml: run.config_toml,
         cells,
+        ablations: cram::store::load_ablations(path)?,
     })
 }
 
@@ -422,6 +438,7 @@ pub fn read_jsonl_run(path: &Path) -> Result<RunData> {
         name,
         config_toml,
         cells,
+        ablations: Default::default(),
     })
 }
 

@@ -48,6 +48,11 @@ pub struct ExportArgs {
     /// The output file.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Export the rows of the paper's other experiments (context and copy
+    /// baselines, tokens per byte, entropy bound, PCA runs; one line per
+    /// value) instead of the cells.
+    #[arg(long)]
+    pub ablations: bool,
 }
 
 /// Options of `cram merge`.
@@ -208,6 +213,16 @@ pub fn sweep(args: &SweepArgs, quiet: bool) -> anyhow::Result<()> {
 
 /// Runs `cram export`.
 pub fn export(args: &ExportArgs, quiet: bool) -> anyhow::Result<()> {
+    if args.ablations {
+        let n = cram_report::export::export_ablations(&args.run_dir, args.format, &args.output)?;
+        if !quiet {
+            println!(
+                "{}: {n} rows of the other experiments",
+                args.output.display()
+            );
+        }
+        return Ok(());
+    }
     let n = cram_report::export::export_run(&args.run_dir, args.format, &args.output)?;
     if !quiet {
         println!("{}: {n} cells", args.output.display());
