@@ -94,9 +94,10 @@ fn every_scoring_row_matches_the_engines_scoring_of_the_same_tokens() {
     let (dir, cfg) = setup("");
     let p = Plan::load(&cfg).unwrap();
     let out = dir.path().join("run");
-    run(&p, &out, None);
+    let summary = run(&p, &out, None);
     let cells = load_run(&out).unwrap().cells;
     let ab = load_ablations(&out).unwrap();
+    assert_eq!(summary.ablation_rows, ab.rows.len());
     let lm = load(&fixture().display().to_string(), "f32").unwrap();
     let count = |k: Kind| ab.rows.iter().filter(|r| r.key.kind == k).count();
     // Entropy: every text; context: the two texts from a file at 2 p's;
@@ -195,7 +196,7 @@ fn solution_geometry_runs_resume_and_split_over_shards() {
     assert_eq!(ab.pca_cells.len(), 2, "the sweep's own run of each text");
     // A rerun computes nothing.
     let before = ab.rows.len();
-    run(&p, &whole, None);
+    assert_eq!(run(&p, &whole, None).ablation_rows, 0);
     assert_eq!(load_ablations(&whole).unwrap().rows.len(), before);
 
     // Two shards together hold the same rows.

@@ -189,11 +189,16 @@ pub fn sweep(args: &SweepArgs, quiet: bool) -> anyhow::Result<()> {
     }
     if !quiet {
         println!(
-            "{}: {} cells ({} new, {} already there){}{}",
+            "{}: {} cells ({} new, {} already there){}{}{}",
             s.db.display(),
             s.total,
             s.new_cells,
             s.already,
+            if s.ablation_rows > 0 {
+                format!("; {} new rows of the other experiments", s.ablation_rows)
+            } else {
+                String::new()
+            },
             shard
                 .filter(|s| s.count > 1)
                 .map(|sh| format!(", shard {sh} of a grid of {} cells", s.grid_cells))
