@@ -703,7 +703,15 @@ fn bpb_section(dir: &Path, ab: &RunAblations, cells: &[Cell]) -> Result<Option<S
         caption: format!(
             "Tokens per UTF-8 byte of each model's tokenizer over the whole texts of each data set from files (no special tokens), blue; grey: the paper's ratios on its PG-19 chunks (data/paper_tokens_to_bytes.json, {} models; models with one ratio share a bar, +k: k more models). The table converts lengths and gains to bytes (bytes = tokens / ratio; 'max lossless' is the longest length whose every text is reproduced) and gives the information gain per byte of text. {}.",
             paper.len(),
-            what(&rows).replace(" at length(s) 0", "")
+            rows.iter()
+                .map(|r| format!(
+                    "model {}, {}: {} texts",
+                    r.key.model,
+                    r.key.dataset,
+                    r.get("texts")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     };
     render(dir, &fig.stem, &Bars { bars })?;
@@ -903,7 +911,7 @@ fn pca_section(dir: &Path, ab: &RunAblations) -> Result<Option<Section>> {
         stem: "pca_solutions".into(),
         title: "PCA of the solutions".into(),
         caption: format!(
-            "The first three principal components of all the vectors found (the first group of the table): {}. Each text's runs from different seeds form their own cluster if the between-text distance (mean Euclidean distance of two vectors of different texts) is well above the within-text one (two runs of one text).",
+            "The first three principal components of all the vectors found (the first group of the table): {}. Each text's runs from different seeds form their own cluster if the between-text distance (mean Euclidean distance between runs of two different texts) is well above the within-text one (between two runs of one text).",
             caption_bits.join("; ")
         ),
     };
@@ -1032,7 +1040,7 @@ fn entropy_section(
         stem: "entropy_bound".into(),
         title: "Entropy bound H_opt".into(),
         caption: format!(
-            "Cross-entropy the vectors must remove for every target token to be the model's argmax, from its own predictions on the text without vectors (H − H_opt, the least change of each distribution; the looser H − H_eq, target and top token meeting half way, and H − H_max, the target taking the top probability), against the reduction the vectors achieved (their information gain), nats per text; filled: converged (accuracy ≥ {threshold}), hollow: failed. Lines: least-squares fits of H − H_opt over the converged (solid) and failed (dashed) texts of the first group. {}.",
+            "Cross-entropy the vectors must remove for every target token to be the model's argmax, from its own predictions on the text without vectors (H − H_opt, the least change of each distribution; and the notebook's two simpler estimates, H − H_eq, target and top token meeting half way, and H − H_max, the target taking the top probability), against the reduction the vectors achieved (their information gain), nats per text; filled: converged (accuracy ≥ {threshold}), hollow: failed. Lines: least-squares fits of H − H_opt over the converged (solid) and failed (dashed) texts of the first group. {}.",
             what(&rows)
         ),
     };
