@@ -263,10 +263,14 @@ fn a_database_from_before_the_experiments_reads_as_having_none() {
     conn.execute("DROP TABLE ablations", []).unwrap();
     drop(conn);
     assert!(load_ablations(&out).unwrap().rows.is_empty());
+    // `cram check` with the configuration finds the experiments' rows missing.
+    let e = sweep::check(&out, Some(&cfg)).unwrap_err().to_string();
+    assert!(e.contains("expected rows of the other experiments"), "{e}");
     assert_eq!(load_run(&out).unwrap().cells.len(), 4);
     // Opened for writing, it gets the table and the rows are computed.
     run(&p, &out, None);
     assert_eq!(load_ablations(&out).unwrap().rows.len(), 11);
+    sweep::check(&out, Some(&cfg)).unwrap();
 }
 
 /// SmolLM2's tokenizer on the shipped PG-19 stand-in (300 chunks) gives

@@ -393,6 +393,63 @@ fn with_context(
     Ok(score_values(s, base, input.len()))
 }
 
+/// The rows a finished sweep of `p` holds for its `cells`, of the
+/// experiments whose rows do not depend on the model: the entropy bound of
+/// every text of two tokens or more, the tokens per byte of every (model,
+/// data set from files), and every solution-geometry run. (Context and
+/// copy rows also depend on the model's context length and tokenizer.)
+pub fn expected_keys(p: &Plan, cells: &[crate::store::CellRecord]) -> HashSet<AblationKey> {
+    let mut out = HashSet::new();
+    let Some(cfg) = &p.cfg.ablations else {
+        return out;
+    };
+    let key =
+        |kind, c: &crate::store::CellRecord, sample: &str, length, n_mem, param| AblationKey {
+            kind,
+            model: c.cell.model.clone(),
+            dataset: c.cell.dataset.clone(),
+            sample_id: sample.to_string(),
+            length,
+            n_mem,
+            param,
+        };
+    for c in cells {
+        if cfg.entropy_bound && c.token_ids.len() >= 2 {
+            out.insert(key(
+                Kind::EntropyBound,
+                c,
+                &c.cell.sample_id,
+                c.grid_length,
+                0,
+                0,
+            ));
+        }
+        let fixed = p
+            .datasets
+            .iter()
+            .any(|d| d.name == c.cell.dataset && d.raw_texts().is_some());
+        if cfg.bits_per_byte && fixed {
+            out.insert(key(Kind::BitsPerByte, c, "", 0, 0, 0));
+        }
+        if let Some(pc) = &cfg.pca {
+            let ids = p
+                .datasets
+                .iter()
+                .find(|d| d.name == pc.dataset)
+                .map(|d| d.sample_ids())
+                .unwrap_or_default();
+            if c.cell.dataset == pc.dataset
+                && ids[..pc.texts.min(ids.len())].contains(&c.cell.sample_id)
+            {
+                for r in 0..pc.seeds {
+                    out.insert(key(Kind::Pca, c, &c.cell.sample_id, pc.length, pc.n_mem, r));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The sample indices of the solution-geometry texts a shard runs: text
 /// `s` belongs to shard `s % count`.
 fn pca_texts(cfg: &PcaConfig, shard: Option<Shard>) -> Vec<usize> {
