@@ -14,6 +14,7 @@ Writes:
   in the order of the full file. Same header (id,source,text) and rows.
 * data/modern_prose.csv: a byte copy of modern_prose_2025_2026.csv.
 * data/vocab_100k.txt: a byte copy of vocab_100k.txt.
+* data/paper_tokens_to_bytes.json: a byte copy of paper_tokens_to_bytes.json.
 
 data/PROVENANCE.md is written by hand (it copies the shared PROVENANCE.md);
 this script prints the SHA-256 digests it quotes.
@@ -70,11 +71,15 @@ def main() -> int:
     sample_pg19(args.shared / "pg19_standin.csv", args.out / "pg19_standin_sample.csv")
     shutil.copyfile(args.shared / "modern_prose_2025_2026.csv", args.out / "modern_prose.csv")
     shutil.copyfile(args.shared / "vocab_100k.txt", args.out / "vocab_100k.txt")
+    shutil.copyfile(
+        args.shared / "paper_tokens_to_bytes.json", args.out / "paper_tokens_to_bytes.json"
+    )
     for name in [
         args.shared / "pg19_standin.csv",
         args.out / "pg19_standin_sample.csv",
         args.out / "modern_prose.csv",
         args.out / "vocab_100k.txt",
+        args.out / "paper_tokens_to_bytes.json",
     ]:
         print(f"sha256 {sha256(name)}  {name.name}  {name.stat().st_size} bytes")
     return 0

@@ -90,6 +90,7 @@ fn run(name: &str, config: &str, cells: Vec<ReportCell>) -> RunData {
         name: name.into(),
         config_toml: config.into(),
         cells,
+        ablations: Default::default(),
     }
 }
 
@@ -711,4 +712,190 @@ fn cli_report() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
     }
+}
+
+/// The five sections of the paper's other experiments on rows whose
+/// tables are worked out by hand, beside the synthetic cells.
+#[test]
+fn ablation_sections_by_hand() {
+    use cram::ablations::{AblationKey, AblationRow, Kind};
+    use cram::sweep::CellKey;
+    let row = |kind, sample: &str, length, param, values: &[(&str, f64)], vectors: Vec<f32>| {
+        AblationRow {
+            key: AblationKey {
+                kind,
+                model: "m".into(),
+                dataset: "d".into(),
+                sample_id: sample.into(),
+                length,
+                n_mem: usize::from(kind == Kind::Pca),
+                param,
+            },
+            values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            vectors,
+        }
+    };
+    let mut rows = vec![
+        // Context: at length 11 the vectors' mean CE is (0 + 0.1) / 2 = 0.05;
+        // p = 4 gives 1.5, p = 8 gives 0.015: 8 tokens reach it.
+        row(
+            Kind::Context,
+            "a",
+            11,
+            4,
+            &[("ce", 2.0), ("base_ce", 3.0), ("n_context", 4.0)],
+            vec![],
+        ),
+        row(
+            Kind::Context,
+            "b",
+            11,
+            4,
+            &[("ce", 1.0), ("base_ce", 3.0), ("n_context", 4.0)],
+            vec![],
+        ),
+        row(
+            Kind::Context,
+            "a",
+            11,
+            8,
+            &[("ce", 0.01), ("base_ce", 3.0), ("n_context", 8.0)],
+            vec![],
+        ),
+        row(
+            Kind::Context,
+            "b",
+            11,
+            8,
+            &[("ce", 0.02), ("base_ce", 3.0), ("n_context", 8.0)],
+            vec![],
+        ),
+        // Copy: reductions 20 and 10; the vectors' gains are 30 and 39.
+        row(
+            Kind::Copy,
+            "a",
+            11,
+            0,
+            &[("base_ce_sum", 30.0), ("ce_sum", 10.0), ("accuracy", 1.0)],
+            vec![],
+        ),
+        row(
+            Kind::Copy,
+            "b",
+            11,
+            0,
+            &[("base_ce_sum", 40.0), ("ce_sum", 30.0), ("accuracy", 0.5)],
+            vec![],
+        ),
+        row(
+            Kind::BitsPerByte,
+            "",
+            0,
+            0,
+            &[
+                ("texts", 2.0),
+                ("tokens", 100.0),
+                ("bytes", 400.0),
+                ("tokens_per_byte", 0.25),
+            ],
+            vec![],
+        ),
+    ];
+    // Entropy: required = gain / 2 + 1 on every text.
+    for c in synthetic() {
+        let c = c.cell;
+        let need = 0.5 * c.info_gain_nats() + 1.0;
+        let h = c.original_ce();
+        rows.push(row(
+            Kind::EntropyBound,
+            &c.sample_id,
+            c.length,
+            0,
+            &[
+                ("h", h),
+                ("h_opt", h - need),
+                ("h_eq", h - need + 0.5),
+                ("h_max", h - need - 0.5),
+            ],
+            vec![],
+        ));
+    }
+    // PCA: two texts, three seeds each, tight clusters far apart.
+    for (t, base) in [("a", [1.0f32, 0.0, 0.0, 0.0]), ("b", [0.0, 1.0, 0.0, 0.0])] {
+        for r in 0..3 {
+            let mut v = base.to_vec();
+            v[2] = 0.01 * r as f32;
+            v[3] = -0.01 * r as f32;
+            rows.push(row(Kind::Pca, t, 11, r, &[], v));
+        }
+    }
+    let pca_cells = vec![(
+        CellKey {
+            model: "m".into(),
+            dataset: "d".into(),
+            sample_id: "c".into(),
+            n_mem: 1,
+            length: 11,
+        },
+        vec![0.0, 0.0, 1.0, 0.0],
+    )];
+    let mut r = run("r", "", synthetic());
+    r.ablations = cram::store::RunAblations { rows, pca_cells };
+    let dir = tempfile::tempdir().unwrap();
+    let s = write_report(&[r], dir.path(), &ReportConfig::default()).unwrap();
+    let stems: Vec<&str> = s.figures.iter().map(|f| f.stem.as_str()).collect();
+    for stem in cram_report::ablations::SECTION_STEMS {
+        assert!(stems.contains(&stem), "{stems:?}");
+        check_png(&dir.path().join(format!("{stem}.png")), [31, 119, 180], 1);
+        assert!(dir.path().join(format!("{stem}.svg")).is_file());
+    }
+    let ctx = s
+        .figures
+        .iter()
+        .find(|f| f.stem == "context_baseline")
+        .unwrap();
+    assert!(
+        ctx.caption
+            .contains("d at length 11: 8 context tokens reach the CE of 1 vector(s)"),
+        "{}",
+        ctx.caption
+    );
+
+    let copy = read_csv(&dir.path().join("copy_baseline.csv"));
+    let c11 = copy.iter().find(|r| r["length"] == "11").unwrap();
+    close(num(c11, "copy CE reduction"), 15.0, "copy reduction");
+    close(num(c11, "vectors CE reduction"), 34.5, "vectors reduction");
+    assert_eq!(c11["reproduced (acc ≥ 0.99)"], "2");
+
+    let bpb = read_csv(&dir.path().join("bits_per_byte.csv"));
+    assert_eq!(bpb[0]["max lossless tokens"], "11");
+    close(num(&bpb[0], "max lossless bytes"), 44.0, "bytes");
+
+    let eb = read_csv(&dir.path().join("entropy_bound.csv"));
+    let opt = eb.iter().find(|r| r["bound"] == "H − H_opt").unwrap();
+    assert_eq!(opt["converged"], "3");
+    close(num(opt, "fit conv.: slope"), 0.5, "slope");
+    close(num(opt, "intercept"), 1.0, "intercept");
+
+    let pca = read_csv(&dir.path().join("pca_solutions.csv"));
+    assert_eq!(
+        (
+            pca[0]["texts from seeds"].as_str(),
+            pca[0]["other texts"].as_str()
+        ),
+        ("2", "1")
+    );
+    assert!(num(&pca[0], "between / within") > 20.0, "{:?}", pca[0]);
+
+    let html = std::fs::read_to_string(dir.path().join("index.html")).unwrap();
+    for title in [
+        "Context baseline",
+        "Copy baseline",
+        "Bits per byte",
+        "PCA of the solutions",
+        "Entropy bound H_opt",
+    ] {
+        assert!(html.contains(&format!("{title}</h2>")), "{title}");
+    }
+    assert!(dir.path().join("ablations.csv").is_file());
 }

@@ -644,3 +644,72 @@ fn a_sweep_killed_with_sigkill_resumes_to_the_complete_grid() {
     assert_eq!(keys(&run), grid_keys(&cfg));
     ok(cram(&["check", s(&out), "--config", s(&cfg)], &[]));
 }
+
+/// A sweep with every experiment of `[ablations]`, its report (the five
+/// sections) and `cram export --ablations` in CSV and Parquet; a bad
+/// setting there is one error line naming the field, exit status 2.
+#[test]
+fn ablations_run_report_and_export() {
+    let (dir, _) = setup();
+    let cfg = dir.path().join("ablations.toml");
+    let text = config(0.05, "[4]")
+        .replace("n_mem = [1, 2, 8]", "n_mem = [1]")
+        .replace("variable_length = true", "variable_length = false")
+        + "\n[ablations]\ncontext = [2, 4]\ncopy = true\nbits_per_byte = true\nentropy_bound = true\n\
+           [ablations.pca]\ndataset = \"texts\"\nlength = 4\nn_mem = 1\ntexts = 2\nseeds = 2\n";
+    fs::write(&cfg, &text).unwrap();
+    let out = dir.path().join("run");
+    ok(sweep(&cfg, &out, &[], &[]));
+    ok(cram(&["check", s(&out), "--config", s(&cfg)], &[]));
+    let report = dir.path().join("report");
+    ok(cram(&["report", s(&out), "-o", s(&report)], &[]));
+    let html = fs::read_to_string(report.join("index.html")).unwrap();
+    for stem in cram_report::ablations::SECTION_STEMS {
+        assert!(report.join(format!("{stem}.png")).is_file(), "{stem}");
+        assert!(html.contains(&format!("id=\"{stem}\"")), "{stem}");
+    }
+
+    let ab = cram::store::load_ablations(&out).unwrap();
+    // 3 + 3 entropy, 3 x 2 context, 3 copy, 1 tokens per byte, 2 x 2 PCA.
+    assert_eq!(ab.rows.len(), 6 + 6 + 3 + 1 + 4);
+    let values: usize = ab.rows.iter().map(|r| r.values.len()).sum();
+    let csv_path = dir.path().join("ablations.csv");
+    ok(cram(
+        &[
+            "export",
+            s(&out),
+            "--ablations",
+            "--format",
+            "csv",
+            "-o",
+            s(&csv_path),
+        ],
+        &[],
+    ));
+    let mut rdr = csv::Reader::from_path(&csv_path).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), values);
+    let pq = dir.path().join("ablations.parquet");
+    ok(cram(
+        &[
+            "export",
+            s(&out),
+            "--ablations",
+            "--format",
+            "parquet",
+            "-o",
+            s(&pq),
+        ],
+        &[],
+    ));
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(fs::File::open(&pq).unwrap()).unwrap();
+    assert_eq!(
+        reader.metadata().file_metadata().num_rows() as usize,
+        values
+    );
+
+    fs::write(&cfg, text.replace("texts = 2", "texts = 9")).unwrap();
+    let e = err_line(&sweep(&cfg, &dir.path().join("bad"), &[], &[]));
+    assert!(e.contains("ablations.pca.texts"), "{e}");
+}

@@ -292,13 +292,25 @@ pub fn random_texts(
 ///
 /// [`CramError::Input`] when the text has no sentences (it is blank).
 pub fn paper_chunk_text(text: &str) -> Result<String> {
+    paper_halves(text).map(|h| h.1)
+}
+
+/// The two halves of the paper's sentence split: the first `n / 2` of the
+/// `n` sentences (the context the protocol drops) and the rest
+/// ([`paper_chunk_text`]), each joined by single spaces.
+///
+/// # Errors
+///
+/// [`CramError::Input`] when the text has no sentences (it is blank).
+pub fn paper_halves(text: &str) -> Result<(String, String)> {
     let sentences = split_sentences(text);
     if sentences.is_empty() {
         return Err(CramError::Input(
             "cannot take the second half of a blank text: it has no sentences".into(),
         ));
     }
-    Ok(sentences[sentences.len() / 2..].join(" "))
+    let (a, b) = sentences.split_at(sentences.len() / 2);
+    Ok((a.join(" "), b.join(" ")))
 }
 
 /// The paper's protocol for book and fan-fiction chunks: the token ids of

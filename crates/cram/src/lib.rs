@@ -35,6 +35,7 @@ macro_rules! serde_as_string {
     };
 }
 
+pub mod ablations;
 pub mod capacity;
 pub mod datasets;
 pub mod engine;

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::ablations::{AblationKey, AblationRow, Kind};
 use crate::engine::StopReason;
 use crate::error::{CramError, Result};
 use crate::metrics::Cell;
@@ -76,7 +77,28 @@ CREATE TABLE IF NOT EXISTS cells (
     layout               TEXT,
     UNIQUE (model, dataset, sample_id, n_mem, length)
 );
+CREATE TABLE IF NOT EXISTS ablations (
+    id           INTEGER PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    model        TEXT NOT NULL,
+    dataset      TEXT NOT NULL,
+    sample_id    TEXT NOT NULL,
+    length       INTEGER NOT NULL,
+    n_mem        INTEGER NOT NULL,
+    param        INTEGER NOT NULL,
+    record       TEXT NOT NULL,
+    vectors      BLOB NOT NULL,
+    finished_at  INTEGER NOT NULL,
+    cram_version TEXT NOT NULL,
+    UNIQUE (kind, model, dataset, sample_id, length, n_mem, param)
+);
 ";
+
+/// The columns of the `ablations` table (added after the first schema: a
+/// database made before it gets it when opened for writing, and reads as
+/// having no rows when not).
+const ABLATION_COLUMNS: &str =
+    "kind, model, dataset, sample_id, length, n_mem, param, record, vectors, finished_at, cram_version";
 
 const COLUMNS: &str = "model, dataset, sample_id, n_mem, length, sample_index, text_hash, \
     token_ids, n_tokens, hidden_size, vocab_size, original_loss, original_accuracy, \
@@ -626,6 +648,151 @@ impl Store {
         blob.map(|b| blob_f32(&self.path, &b)).transpose()
     }
 
+    /// Whether schema `db` (`main`, or an attached one) has the
+    /// `ablations` table.
+    fn has_ablations(&self, db: &str) -> Result<bool> {
+        self.conn
+            .prepare(&format!(
+                "SELECT 1 FROM {db}.sqlite_master WHERE type = 'table' AND name = 'ablations'"
+            ))
+            .and_then(|mut st| st.exists([]))
+            .map_err(|e| sql_err(&self.path, e))
+    }
+
+    /// Inserts rows of the paper's other experiments in one transaction.
+    pub fn insert_ablations(&mut self, rows: &[AblationRow]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |e| sql_err(&path, e);
+        let now = unix_now();
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut st = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO ablations ({ABLATION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ))
+                .map_err(err)?;
+            for r in rows {
+                let k = &r.key;
+                st.execute(params![
+                    k.kind.as_str(),
+                    k.model,
+                    k.dataset,
+                    k.sample_id,
+                    k.length as i64,
+                    k.n_mem as i64,
+                    k.param as i64,
+                    r.values_json(),
+                    f32_blob(&r.vectors),
+                    now,
+                    env!("CARGO_PKG_VERSION"),
+                ])
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Every stored row of the paper's other experiments (with vectors),
+    /// ordered by key; none for a database made before they existed.
+    pub fn ablations(&self) -> Result<Vec<AblationRow>> {
+        if !self.has_ablations("main")? {
+            return Ok(Vec::new());
+        }
+        let err = |e| sql_err(&self.path, e);
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {ABLATION_COLUMNS} FROM ablations ORDER BY kind, model, dataset, length, n_mem, sample_id, param"
+            ))
+            .map_err(err)?;
+        type Raw = (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            String,
+            Vec<u8>,
+        );
+        let rows: Vec<Raw> = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            })
+            .map_err(err)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(err)?;
+        rows.into_iter()
+            .map(
+                |(kind, model, dataset, sample_id, length, n_mem, param, rec, vec)| {
+                    let kind = Kind::parse(&kind).ok_or_else(|| {
+                        CramError::bad_file(&self.path, format!("ablations: unknown kind `{kind}`"))
+                    })?;
+                    let values = AblationRow::parse_values(&rec).map_err(|e| {
+                        CramError::bad_file(&self.path, format!("ablations: bad record: {e}"))
+                    })?;
+                    Ok(AblationRow {
+                        key: AblationKey {
+                            kind,
+                            model,
+                            dataset,
+                            sample_id,
+                            length: length as usize,
+                            n_mem: n_mem as usize,
+                            param: param as usize,
+                        },
+                        values,
+                        vectors: blob_f32(&self.path, &vec)?,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// The keys of the stored rows of the paper's other experiments.
+    pub fn ablation_keys(&self) -> Result<std::collections::HashSet<AblationKey>> {
+        Ok(self.ablations()?.into_iter().map(|r| r.key).collect())
+    }
+
+    /// The vectors of every cell of (`model`, `dataset`, `length`,
+    /// `n_mem`), by sample id.
+    pub fn group_vectors(
+        &self,
+        model: &str,
+        dataset: &str,
+        length: usize,
+        n_mem: usize,
+    ) -> Result<Vec<(String, Vec<f32>)>> {
+        let err = |e| sql_err(&self.path, e);
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT sample_id, vectors FROM cells WHERE model = ?1 AND dataset = ?2 AND length = ?3 AND n_mem = ?4 ORDER BY sample_index",
+            )
+            .map_err(err)?;
+        let rows: Vec<(String, Vec<u8>)> = st
+            .query_map(params![model, dataset, length as i64, n_mem as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(err)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(err)?;
+        rows.into_iter()
+            .map(|(id, b)| Ok((id, blob_f32(&self.path, &b)?)))
+            .collect()
+    }
+
     /// SQLite's `PRAGMA integrity_check`: `ok`, or the problems found.
     pub fn integrity_check(&self) -> Result<String> {
         integrity(&self.conn, &self.path)
@@ -652,12 +819,25 @@ impl Store {
                 return Err(e);
             }
         };
+        let other_ablations = match self.has_ablations("other") {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = self.conn.execute("DETACH DATABASE other", []);
+                return Err(e);
+            }
+        };
         let result = (|| -> rusqlite::Result<usize> {
             let tx = self.conn.transaction()?;
             let n = tx.execute(
                 &format!("INSERT OR IGNORE INTO main.cells ({COLUMNS}) SELECT {columns} FROM other.cells"),
                 [],
             )?;
+            if other_ablations {
+                tx.execute(
+                    &format!("INSERT OR IGNORE INTO main.ablations ({ABLATION_COLUMNS}) SELECT {ABLATION_COLUMNS} FROM other.ablations"),
+                    [],
+                )?;
+            }
             tx.commit()?;
             Ok(n)
         })();
@@ -882,4 +1062,68 @@ pub fn load_run(run_dir: &Path) -> Result<RunRecords> {
         config_hash: m.config_hash,
         cells,
     })
+}
+
+/// A run folder's rows of the paper's other experiments (every database,
+/// a row found in several kept once), and for each solution-geometry group
+/// the vectors of the sweep's own cells there (one run per text).
+///
+/// # Errors
+///
+/// Those of [`load_run`].
+pub fn load_ablations(run_dir: &Path) -> Result<RunAblations> {
+    let dbs = run_databases(run_dir)?;
+    let mut rows: Vec<AblationRow> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for db in &dbs {
+        for r in Store::open_read(db)?.ablations()? {
+            if seen.insert(r.key.clone()) {
+                rows.push(r);
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    // The solution-geometry groups of any database, and every database's
+    // cells there (a shard's cells may sit beside another shard's runs).
+    let groups: std::collections::BTreeSet<(&str, &str, usize, usize)> = rows
+        .iter()
+        .filter(|r| r.key.kind == Kind::Pca)
+        .map(|r| {
+            (
+                r.key.model.as_str(),
+                r.key.dataset.as_str(),
+                r.key.length,
+                r.key.n_mem,
+            )
+        })
+        .collect();
+    let mut pca_cells = Vec::new();
+    let mut cell_seen = std::collections::HashSet::new();
+    for db in &dbs {
+        let store = Store::open_read(db)?;
+        for &(model, dataset, length, n_mem) in &groups {
+            for (sample_id, v) in store.group_vectors(model, dataset, length, n_mem)? {
+                let key = CellKey {
+                    model: model.to_string(),
+                    dataset: dataset.to_string(),
+                    sample_id,
+                    n_mem,
+                    length,
+                };
+                if cell_seen.insert(key.clone()) {
+                    pca_cells.push((key, v));
+                }
+            }
+        }
+    }
+    Ok(RunAblations { rows, pca_cells })
+}
+
+/// What [`load_ablations`] reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunAblations {
+    /// Every row, ordered by key.
+    pub rows: Vec<AblationRow>,
+    /// The sweep's cells in the solution-geometry groups, with vectors.
+    pub pca_cells: Vec<(CellKey, Vec<f32>)>,
 }

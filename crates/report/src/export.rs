@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use cram::ablations::AblationRow;
 use cram::error::{CramError, Result};
 use cram::metrics::DEFAULT_BITS;
 use cram::store::{side_file, CellRecord};
@@ -75,10 +76,11 @@ pub enum Kind {
     Floats,
 }
 
-type Getter = fn(&CellRecord) -> Value;
+/// A column of rows of type `T`: name, kind, value of a row.
+pub type Column<T> = (&'static str, Kind, fn(&T) -> Value);
 
 /// The exported columns: name, kind, value of a cell.
-pub const COLUMNS: &[(&str, Kind, Getter)] = &[
+pub const COLUMNS: &[Column<CellRecord>] = &[
     ("model", Kind::Str, |c| Value::Str(c.cell.model.clone())),
     ("dataset", Kind::Str, |c| Value::Str(c.cell.dataset.clone())),
     ("sample_id", Kind::Str, |c| {
@@ -189,15 +191,63 @@ fn json(v: &Value) -> serde_json::Value {
 /// [`CramError::Io`] / [`CramError::BadFile`] when the file cannot be
 /// written.
 pub fn export(cells: &[CellRecord], format: Format, path: &Path) -> Result<()> {
+    write_rows(cells, COLUMNS, format, path)
+}
+
+/// The exported columns of the paper's other experiments: one row per
+/// value of a row of [`cram::ablations`] (long format: the row's key, the
+/// value's name, the value; the vectors of the `pca` runs stay in the
+/// database).
+pub const ABLATION_COLUMNS: &[Column<(AblationRow, String)>] = &[
+    ("kind", Kind::Str, |r| {
+        Value::Str(r.0.key.kind.as_str().into())
+    }),
+    ("model", Kind::Str, |r| Value::Str(r.0.key.model.clone())),
+    ("dataset", Kind::Str, |r| {
+        Value::Str(r.0.key.dataset.clone())
+    }),
+    ("sample_id", Kind::Str, |r| {
+        Value::Str(r.0.key.sample_id.clone())
+    }),
+    ("length", Kind::Int, |r| Value::Int(r.0.key.length as i64)),
+    ("n_mem", Kind::Int, |r| Value::Int(r.0.key.n_mem as i64)),
+    ("param", Kind::Int, |r| Value::Int(r.0.key.param as i64)),
+    ("name", Kind::Str, |r| Value::Str(r.1.clone())),
+    ("value", Kind::Float, |r| Value::Float(r.0.get(&r.1))),
+];
+
+/// Writes the rows of the paper's other experiments of the run in
+/// `run_dir` to `path` in `format` ([`ABLATION_COLUMNS`]); returns the
+/// number of rows of the experiments written (each gives one line per value).
+pub fn export_ablations(run_dir: &Path, format: Format, path: &Path) -> Result<usize> {
+    refuse_inputs(run_dir, path)?;
+    let ab = cram::store::load_ablations(run_dir)?;
+    let long: Vec<(AblationRow, String)> = ab
+        .rows
+        .iter()
+        .flat_map(|r| {
+            let bare = AblationRow {
+                vectors: Vec::new(),
+                ..r.clone()
+            };
+            r.values.keys().map(move |k| (bare.clone(), k.clone()))
+        })
+        .collect();
+    write_rows(&long, ABLATION_COLUMNS, format, path)?;
+    Ok(ab.rows.len())
+}
+
+/// Writes `cells` (rows of any type) with `columns` to `path` in `format`.
+fn write_rows<T>(cells: &[T], columns: &[Column<T>], format: Format, path: &Path) -> Result<()> {
     let io = |e: std::io::Error| CramError::io(path, e);
     let file = std::fs::File::create(path).map_err(io)?;
     match format {
         Format::Csv => {
             let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
             let bad = |e: csv::Error| CramError::bad_file(path, e);
-            w.write_record(COLUMNS.iter().map(|c| c.0)).map_err(bad)?;
+            w.write_record(columns.iter().map(|c| c.0)).map_err(bad)?;
             for cell in cells {
-                let row: Vec<String> = COLUMNS
+                let row: Vec<String> = columns
                     .iter()
                     .map(|(_, _, get)| match get(cell) {
                         Value::Str(s) => s,
@@ -215,7 +265,7 @@ pub fn export(cells: &[CellRecord], format: Format, path: &Path) -> Result<()> {
         Format::Jsonl => {
             let mut w = std::io::BufWriter::new(file);
             for cell in cells {
-                let obj: serde_json::Map<String, serde_json::Value> = COLUMNS
+                let obj: serde_json::Map<String, serde_json::Value> = columns
                     .iter()
                     .map(|(name, _, get)| (name.to_string(), json(&get(cell))))
                     .collect();
@@ -223,7 +273,7 @@ pub fn export(cells: &[CellRecord], format: Format, path: &Path) -> Result<()> {
             }
             w.flush().map_err(io)?;
         }
-        Format::Parquet => write_parquet(cells, file)
+        Format::Parquet => write_parquet(cells, columns, file)
             .map_err(|e| CramError::bad_file(path, format!("Parquet: {e}")))?,
     }
     Ok(())
@@ -233,6 +283,15 @@ pub fn export(cells: &[CellRecord], format: Format, path: &Path) -> Result<()> {
 /// refusing to write over any file the run is read from (its databases and
 /// their SQLite side files). Returns the number of cells written.
 pub fn export_run(run_dir: &Path, format: Format, path: &Path) -> Result<usize> {
+    refuse_inputs(run_dir, path)?;
+    let run = cram::store::load_run(run_dir)?;
+    export(&run.cells, format, path)?;
+    Ok(run.cells.len())
+}
+
+/// Refuses an output `path` that is one of the files the run in `run_dir`
+/// is read from (its databases and their SQLite side files).
+fn refuse_inputs(run_dir: &Path, path: &Path) -> Result<()> {
     let inputs = cram::store::run_databases(run_dir)?;
     let out = std::fs::canonicalize(path).ok();
     for db in &inputs {
@@ -245,14 +304,12 @@ pub fn export_run(run_dir: &Path, format: Format, path: &Path) -> Result<usize> 
             }
         }
     }
-    let run = cram::store::load_run(run_dir)?;
-    export(&run.cells, format, path)?;
-    Ok(run.cells.len())
+    Ok(())
 }
 
-/// The Parquet schema of [`COLUMNS`].
-fn parquet_schema() -> String {
-    let fields: Vec<String> = COLUMNS
+/// The Parquet schema of `columns`.
+fn parquet_schema<T>(columns: &[Column<T>]) -> String {
+    let fields: Vec<String> = columns
         .iter()
         .map(|(name, kind, _)| match kind {
             Kind::Str => format!("required binary {name} (UTF8);"),
@@ -268,7 +325,11 @@ fn parquet_schema() -> String {
     format!("message cram_cells {{ {} }}", fields.join(" "))
 }
 
-fn write_parquet(cells: &[CellRecord], file: std::fs::File) -> parquet::errors::Result<()> {
+fn write_parquet<T>(
+    cells: &[T],
+    columns: &[Column<T>],
+    file: std::fs::File,
+) -> parquet::errors::Result<()> {
     use parquet::data_type::{
         BoolType, ByteArray, ByteArrayType, DoubleType, FloatType, Int64Type,
     };
@@ -276,13 +337,13 @@ fn write_parquet(cells: &[CellRecord], file: std::fs::File) -> parquet::errors::
     use parquet::file::writer::SerializedFileWriter;
     use parquet::schema::parser::parse_message_type;
 
-    let schema = Arc::new(parse_message_type(&parquet_schema())?);
+    let schema = Arc::new(parse_message_type(&parquet_schema(columns))?);
     let props = Arc::new(WriterProperties::builder().build());
     let mut writer = SerializedFileWriter::new(file, schema, props)?;
     let mut rg = writer.next_row_group()?;
     let mut col_index = 0;
     while let Some(mut col) = rg.next_column()? {
-        let (_, kind, get) = COLUMNS[col_index];
+        let (_, kind, get) = columns[col_index];
         let values: Vec<Value> = cells.iter().map(get).collect();
         match kind {
             Kind::Str => {

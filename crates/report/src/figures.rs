@@ -39,13 +39,13 @@ static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 /// Font family name the figures use (and SVG files name).
 pub const FONT_FAMILY: &str = "sans-serif";
 
-const W: u32 = 1000;
-const H: u32 = 760;
+pub(crate) const W: u32 = 1000;
+pub(crate) const H: u32 = 760;
 /// Text sizes in plotters' units (1.24 × pixels per em).
 const TITLE_PX: f64 = 44.0;
-const AXIS_PX: f64 = 41.0;
-const TICK_PX: f64 = 36.0;
-const LEGEND_PX: f64 = 33.0;
+pub(crate) const AXIS_PX: f64 = 41.0;
+pub(crate) const TICK_PX: f64 = 36.0;
+pub(crate) const LEGEND_PX: f64 = 33.0;
 
 /// Tableau 10, the series colours.
 const PALETTE: [RGBColor; 10] = [
@@ -87,19 +87,19 @@ pub fn register_font() -> Result<()> {
     }
 }
 
-type DrawResult<DB> =
+pub(crate) type DrawResult<DB> =
     std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// Something drawn the same way on any backend.
-trait Plot {
+pub(crate) trait Plot {
     fn size(&self) -> (u32, u32) {
         (W, H)
     }
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB>;
 }
 
-fn render(dir: &Path, stem: &str, p: &impl Plot) -> Result<()> {
+pub(crate) fn render(dir: &Path, stem: &str, p: &impl Plot) -> Result<()> {
     let png = dir.join(format!("{stem}.png"));
     {
         let root = BitMapBackend::new(&png, p.size()).into_drawing_area();
@@ -119,17 +119,17 @@ fn render(dir: &Path, stem: &str, p: &impl Plot) -> Result<()> {
     Ok(())
 }
 
-fn font(px: f64) -> TextStyle<'static> {
+pub(crate) fn font(px: f64) -> TextStyle<'static> {
     TextStyle::from(FontDesc::new(FontFamily::SansSerif, px, FontStyle::Normal))
 }
 
-fn color(i: usize) -> RGBColor {
+pub(crate) fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
 /// Viridis from dark purple to green (its light yellow end is left out: it
 /// does not show on white), `t` in [0, 1].
-fn viridis(t: f64) -> RGBColor {
+pub(crate) fn viridis(t: f64) -> RGBColor {
     const STOPS: [(u8, u8, u8); 5] = [
         (68, 1, 84),
         (59, 82, 139),
@@ -157,31 +157,31 @@ enum Key {
 }
 
 /// One legend row.
-struct Entry {
+pub(crate) struct Entry {
     label: String,
     key: Key,
 }
 
 impl Entry {
-    fn line(label: impl Into<String>, style: ShapeStyle) -> Entry {
+    pub(crate) fn line(label: impl Into<String>, style: ShapeStyle) -> Entry {
         Entry {
             label: label.into(),
             key: Key::Line(style, false),
         }
     }
-    fn dashed(label: impl Into<String>, style: ShapeStyle) -> Entry {
+    pub(crate) fn dashed(label: impl Into<String>, style: ShapeStyle) -> Entry {
         Entry {
             label: label.into(),
             key: Key::Line(style, true),
         }
     }
-    fn dot(label: impl Into<String>, style: ShapeStyle) -> Entry {
+    pub(crate) fn dot(label: impl Into<String>, style: ShapeStyle) -> Entry {
         Entry {
             label: label.into(),
             key: Key::Dot(style),
         }
     }
-    fn bar(label: impl Into<String>, style: ShapeStyle) -> Entry {
+    pub(crate) fn bar(label: impl Into<String>, style: ShapeStyle) -> Entry {
         Entry {
             label: label.into(),
             key: Key::Bar(style),
@@ -191,7 +191,7 @@ impl Entry {
 
 /// Legends longer than this go to a panel right of the plot.
 const MAX_INLINE_ENTRIES: usize = 7;
-const ROW: i32 = (LEGEND_PX * 1.45) as i32;
+pub(crate) const ROW: i32 = (LEGEND_PX * 1.45) as i32;
 const KEY_W: i32 = 34;
 
 /// Width of a legend panel for `entries` (estimated from the labels).
@@ -205,13 +205,13 @@ fn panel_width(entries: &[Entry]) -> u32 {
 }
 
 /// Height of a two-column legend band of `n` entries under a plot.
-fn band_height(n: usize) -> u32 {
+pub(crate) fn band_height(n: usize) -> u32 {
     ROW as u32 * n.div_ceil(2) as u32 + 20
 }
 
 /// Size of a figure whose legend has `entries`: a band under the plot, or
 /// for a long legend a panel right of it (the figure as tall as it).
-fn size_with_legend(entries: &[Entry], base: (u32, u32)) -> (u32, u32) {
+pub(crate) fn size_with_legend(entries: &[Entry], base: (u32, u32)) -> (u32, u32) {
     if entries.len() > MAX_INLINE_ENTRIES {
         (
             base.0 + panel_width(entries),
@@ -223,14 +223,14 @@ fn size_with_legend(entries: &[Entry], base: (u32, u32)) -> (u32, u32) {
 }
 
 /// Where [`split_for_legend`] put the legend.
-enum LegendArea<DB: DrawingBackend> {
+pub(crate) enum LegendArea<DB: DrawingBackend> {
     Panel(DrawingArea<DB, Shift>),
     Band(DrawingArea<DB, Shift>),
 }
 
 /// Splits `root` (sized by [`size_with_legend`]) into the plot and the
 /// legend's panel or band.
-fn split_for_legend<DB: DrawingBackend>(
+pub(crate) fn split_for_legend<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     entries: &[Entry],
 ) -> (DrawingArea<DB, Shift>, LegendArea<DB>) {
@@ -245,7 +245,7 @@ fn split_for_legend<DB: DrawingBackend>(
 }
 
 /// Draws `entries` where [`split_for_legend`] put them.
-fn finish_legend<DB: DrawingBackend, CT: CoordTranslate>(
+pub(crate) fn finish_legend<DB: DrawingBackend, CT: CoordTranslate>(
     chart: &ChartContext<DB, CT>,
     at: &LegendArea<DB>,
     entries: &[Entry],
@@ -304,7 +304,7 @@ fn draw_legend<DB: DrawingBackend, CT: CoordTranslate>(
 
 /// Draws `entries` in `cols` columns (filled top to bottom) across `area`,
 /// a band of its own under a plot.
-fn draw_legend_columns<DB: DrawingBackend>(
+pub(crate) fn draw_legend_columns<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     entries: &[Entry],
     cols: usize,
@@ -416,18 +416,18 @@ fn signed(v: f64) -> String {
 
 /// A numeric axis: linear, or log2 (values are drawn at `log2(v)` and
 /// labelled with `2^x`).
-struct Axis {
-    desc: String,
-    log2: bool,
+pub(crate) struct Axis {
+    pub(crate) desc: String,
+    pub(crate) log2: bool,
     /// Counts: label only whole numbers.
-    integer: bool,
-    lo: f64,
-    hi: f64,
+    pub(crate) integer: bool,
+    pub(crate) lo: f64,
+    pub(crate) hi: f64,
 }
 
 impl Axis {
     /// Linear from `lo` to `hi` (widened when they are equal).
-    fn linear(desc: &str, lo: f64, hi: f64) -> Axis {
+    pub(crate) fn linear(desc: &str, lo: f64, hi: f64) -> Axis {
         let (lo, hi) = if hi > lo {
             (lo, hi)
         } else {
@@ -443,7 +443,7 @@ impl Axis {
     }
 
     /// The same axis labelled with whole numbers only.
-    fn counts(self) -> Axis {
+    pub(crate) fn counts(self) -> Axis {
         Axis {
             integer: true,
             ..self
@@ -452,7 +452,7 @@ impl Axis {
 
     /// An axis for positive `values`: log2 when they span a factor of 8 or
     /// more, linear from 0 otherwise; padded on both sides.
-    fn for_positive(desc: &str, values: impl Iterator<Item = f64>) -> Axis {
+    pub(crate) fn for_positive(desc: &str, values: impl Iterator<Item = f64>) -> Axis {
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for v in values {
             lo = lo.min(v);
@@ -476,7 +476,7 @@ impl Axis {
         }
     }
 
-    fn fwd(&self, v: f64) -> f64 {
+    pub(crate) fn fwd(&self, v: f64) -> f64 {
         if self.log2 {
             v.log2()
         } else {
@@ -484,7 +484,7 @@ impl Axis {
         }
     }
 
-    fn label(&self, v: f64) -> String {
+    pub(crate) fn label(&self, v: f64) -> String {
         if self.log2 {
             let x = v.exp2();
             if x >= 10.0 {
@@ -503,12 +503,12 @@ impl Axis {
         }
     }
 
-    fn range(&self) -> std::ops::Range<f64> {
+    pub(crate) fn range(&self) -> std::ops::Range<f64> {
         self.lo..self.hi
     }
 
     /// Tick count: every power of two on a log2 axis (at most 12).
-    fn ticks(&self) -> usize {
+    pub(crate) fn ticks(&self) -> usize {
         let span = self.hi - self.lo;
         if self.log2 {
             (span.floor() as usize + 1).clamp(2, 12)
@@ -520,7 +520,7 @@ impl Axis {
     }
 }
 
-fn chart<'a, DB: DrawingBackend>(
+pub(crate) fn chart<'a, DB: DrawingBackend>(
     root: &'a DrawingArea<DB, Shift>,
     title: &str,
     x: &Axis,
@@ -568,7 +568,7 @@ fn clip_line(a: f64, b: f64, x: (f64, f64), y: (f64, f64)) -> Option<Vec<(f64, f
 }
 
 /// "1 vector", "2 vectors", ...
-fn vectors(n: usize) -> String {
+pub(crate) fn vectors(n: usize) -> String {
     if n == 1 {
         "1 vector".into()
     } else {
@@ -1168,7 +1168,7 @@ impl Plot for Curves<'_> {
 // ---------------------------------------------------------------- all
 
 /// A file-name-safe form of `s`.
-fn slug(s: &str) -> String {
+pub(crate) fn slug(s: &str) -> String {
     let mut out = String::new();
     for ch in s.chars() {
         if ch.is_ascii_alphanumeric() || ch == '.' {

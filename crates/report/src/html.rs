@@ -6,6 +6,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
+use super::ablations::Section;
 use super::figures::Figure;
 use super::tables::{self, Table};
 use super::{ReportConfig, RunData};
@@ -115,6 +116,7 @@ pub fn write_index(
     capacity: &CapacityPart<'_>,
     groups: &[GroupSummary],
     figs: &[Figure],
+    sections: &[Section],
     cfg: &ReportConfig,
 ) -> Result<()> {
     let m = &cfg.metrics;
@@ -150,6 +152,17 @@ pub fn write_index(
         s += &table_html(&tables::fits(groups, true), 2);
         s += "<h2>Accuracy per length</h2>\n<p>(<a href=\"lengths.csv\">lengths.csv</a>)</p>\n";
         s += &table_html(&tables::lengths(groups, true), 2);
+
+        for sec in sections {
+            s += &format!(
+                "<h2 id=\"section-{stem}\">{title}</h2>\n<p>Table: <a href=\"{csv}\">{csv}</a> (every row of these experiments: <a href=\"ablations.csv\">ablations.csv</a>).</p>\n",
+                stem = escape(&sec.figure.stem),
+                title = escape(&sec.title),
+                csv = escape(&sec.csv),
+            );
+            s += &table_html(&sec.table, 2);
+            s += &figure_html(dir, &sec.figure)?;
+        }
     }
     if !capacity.runs.is_empty() {
         s += &capacity_html(dir, capacity)?;

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ablations;
 pub mod capacity;
 pub mod export;
 pub mod figures;
@@ -74,6 +75,9 @@ pub struct RunData {
     pub config_toml: String,
     /// The run's results.
     pub cells: Vec<ReportCell>,
+    /// The rows of the paper's other experiments (empty for runs that
+    /// have none, and for JSON-lines runs).
+    pub ablations: cram::store::RunAblations,
 }
 
 /// Picks cells by any of their keys; a key left `None` matches every cell.
@@ -362,6 +366,14 @@ pub fn write_report_with(
         files.push(PathBuf::from(format!("{}.png", f.stem)));
         files.push(PathBuf::from(format!("{}.svg", f.stem)));
     }
+    let mut ab = cram::store::RunAblations::default();
+    for r in runs {
+        ab.rows.extend(r.ablations.rows.iter().cloned());
+        ab.pca_cells.extend(r.ablations.pca_cells.iter().cloned());
+    }
+    let (sections, ab_files) =
+        ablations::write_sections(out_dir, &ab, &flat, cfg.metrics.threshold)?;
+    files.extend(ab_files);
     html::write_index(
         out_dir,
         runs,
@@ -372,6 +384,7 @@ pub fn write_report_with(
         },
         &groups,
         &figs,
+        &sections,
         cfg,
     )?;
     files.push(PathBuf::from(html::INDEX));
@@ -382,7 +395,10 @@ pub fn write_report_with(
         n_diverged: flat.iter().filter(|c| !c.best_loss.is_finite()).count(),
         groups,
         files,
-        figures: figs,
+        figures: figs
+            .into_iter()
+            .chain(sections.into_iter().map(|s| s.figure))
+            .collect(),
         curve_cells: curves.iter().map(|c| cell_key(&c.cell)).collect(),
     })
 }
@@ -432,6 +448,7 @@ pub fn read_run(path: &Path) -> Result<RunData> {
         name,
         config_toml: run.config_toml,
         cells,
+        ablations: cram::store::load_ablations(path)?,
     })
 }
 
@@ -467,6 +484,7 @@ pub fn read_jsonl_run(path: &Path) -> Result<RunData> {
         name,
         config_toml,
         cells,
+        ablations: Default::default(),
     })
 }
 

@@ -48,6 +48,11 @@ pub struct ExportArgs {
     /// The output file.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Export the rows of the paper's other experiments (context and copy
+    /// baselines, tokens per byte, entropy bound, PCA runs; one line per
+    /// value) instead of the cells.
+    #[arg(long)]
+    pub ablations: bool,
 }
 
 /// Options of `cram merge`.
@@ -204,11 +209,16 @@ pub fn sweep(args: &SweepArgs, quiet: bool) -> anyhow::Result<()> {
     }
     if !quiet {
         println!(
-            "{}: {} cells ({} new, {} already there){}{}",
+            "{}: {} cells ({} new, {} already there){}{}{}",
             s.db.display(),
             s.total,
             s.new_cells,
             s.already,
+            if s.ablation_rows > 0 {
+                format!("; {} new rows of the other experiments", s.ablation_rows)
+            } else {
+                String::new()
+            },
             shard
                 .filter(|s| s.count > 1)
                 .map(|sh| format!(", shard {sh} of a grid of {} cells", s.grid_cells))
@@ -228,6 +238,16 @@ pub fn sweep(args: &SweepArgs, quiet: bool) -> anyhow::Result<()> {
 
 /// Runs `cram export`.
 pub fn export(args: &ExportArgs, quiet: bool) -> anyhow::Result<()> {
+    if args.ablations {
+        let n = cram_report::export::export_ablations(&args.run_dir, args.format, &args.output)?;
+        if !quiet {
+            println!(
+                "{}: {n} rows of the other experiments",
+                args.output.display()
+            );
+        }
+        return Ok(());
+    }
     let n = cram_report::export::export_run(&args.run_dir, args.format, &args.output)?;
     if !quiet {
         println!("{}: {n} cells", args.output.display());

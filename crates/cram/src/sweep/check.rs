@@ -1,5 +1,7 @@
 //! `cram check`: a run folder's databases pass SQLite's integrity check
-//! and hold each cell once, and, given the configuration, the whole grid.
+//! and hold each cell once, and, given the configuration, the whole grid
+//! and the rows of its other experiments that do not depend on the model
+//! ([`crate::ablations::expected_keys`]).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -86,6 +88,28 @@ pub fn check(run_dir: &Path, config: Option<&Path>) -> Result<CheckSummary> {
             ));
         }
         grid_cells = Some(want.len());
+        let want = crate::ablations::expected_keys(&p, &cells);
+        if !want.is_empty() {
+            let have: HashSet<_> = store::load_ablations(run_dir)?
+                .rows
+                .into_iter()
+                .map(|r| r.key)
+                .collect();
+            let missing: Vec<_> = want.difference(&have).collect();
+            if let Some(first) = missing.first() {
+                return Err(CramError::bad_file(
+                    run_dir,
+                    format!(
+                        "incomplete: {} of the {} expected rows of the other experiments ([ablations]) missing, e.g. {} of `{}`, text `{}`; run the sweep again to add them",
+                        missing.len(),
+                        want.len(),
+                        first.kind.as_str(),
+                        first.dataset,
+                        first.sample_id
+                    ),
+                ));
+            }
+        }
     }
     Ok(CheckSummary {
         databases: dbs.len(),

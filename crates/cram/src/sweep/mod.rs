@@ -49,6 +49,7 @@ pub use runner::{run, Plan, Progress, Quiet, RunOptions, RunSummary};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::ablations::AblationsConfig;
 use crate::datasets::{
     builtin, data_file, load_texts, paper_chunk, random_texts, read_vocab, Sample, TextSource,
 };
@@ -112,6 +113,10 @@ pub struct SweepConfig {
     /// first `samples` texts (see [`capacity`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<capacity::CapacitySweep>,
+    /// The paper's other experiments, run for the cells of the grid (see
+    /// [`crate::ablations`]); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ablations: Option<AblationsConfig>,
 }
 
 fn default_batch_size() -> usize {
@@ -270,6 +275,13 @@ impl SweepConfig {
             if let Some((field, msg)) = c.invalid() {
                 return bad(&format!("capacity.{field}"), msg);
             }
+            if self.ablations.is_some() {
+                return bad(
+                    "ablations",
+                    "the other experiments run for the cells of a grid; a capacity sweep has none"
+                        .into(),
+                );
+            }
         }
         let lists: &[(&str, &Vec<usize>)] = if self.capacity.is_some() {
             &[("n_mem", &self.n_mem)]
@@ -347,6 +359,10 @@ impl SweepConfig {
                         .into(),
                 );
             }
+        }
+        if let Some(a) = &self.ablations {
+            let names: Vec<&str> = self.datasets.iter().map(|d| d.name.as_str()).collect();
+            a.check(name, &self.lengths, &self.n_mem, self.samples, &names)?;
         }
         Ok(())
     }
@@ -547,6 +563,31 @@ impl Dataset {
             name: d.name.clone(),
             texts,
         })
+    }
+
+    /// The first half of sample `s`'s sentences (the context the paper's
+    /// protocol drops), for a data set from files cut with `chunk =
+    /// "paper"`; `None` for other data sets.
+    ///
+    /// # Errors
+    ///
+    /// [`CramError::Input`] for a blank text.
+    pub fn paper_prefix(&self, s: usize) -> Result<Option<String>> {
+        match &self.texts {
+            Texts::Fixed {
+                samples,
+                chunk: ChunkMode::Paper,
+            } => Ok(Some(crate::datasets::paper_halves(&samples[s].text)?.0)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The whole texts of a data set from files; `None` for random texts.
+    pub fn raw_texts(&self) -> Option<Vec<&str>> {
+        match &self.texts {
+            Texts::Fixed { samples, .. } => Some(samples.iter().map(|s| s.text.as_str()).collect()),
+            Texts::Random { .. } => None,
+        }
     }
 
     /// The ids of the samples the sweep uses, in order.

@@ -113,6 +113,9 @@ pub struct RunSummary {
     pub grid_cells: usize,
     /// (length, `n_mem`) pairs skipped for having more vectors than tokens.
     pub skipped: usize,
+    /// Rows of the paper's other experiments ([`crate::ablations`]) this
+    /// run added.
+    pub ablation_rows: usize,
 }
 
 /// The token ids of every text, keyed by (dataset, length).
@@ -260,6 +263,7 @@ pub fn run(
     let shard_str = shard.filter(|s| s.count > 1).map(|s| s.to_string());
     let mut store: Option<Store> = None;
     let mut new_cells = 0usize;
+    let mut ablation_rows = 0usize;
     let mut started = false;
     for (m, chunks) in by_model.iter().enumerate() {
         if chunks.is_empty() {
@@ -375,6 +379,8 @@ pub fn run(
                 progress.batch_done(rows.len());
             }
         }
+        ablation_rows +=
+            crate::ablations::run_model(p, &lm, chunks, &tokens, &layout, shard, st, progress)?;
     }
     if store.is_none() {
         // Nothing of this shard needed a model: still a valid, empty run.
@@ -387,5 +393,6 @@ pub fn run(
         already,
         grid_cells: p.grid.keys(&p.grid.chunks).len(),
         skipped: p.grid.skipped.len(),
+        ablation_rows,
     })
 }
