@@ -41,14 +41,14 @@ pub struct CapacityArgs {
     #[arg(long, value_name = "TOKENS")]
     pub start: Option<usize>,
     /// Most optimisation steps of one stage.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = CapacityConfig::new(Search::Gallop).stage_steps)]
     pub stage_steps: usize,
     /// A stage fails after this many steps in which neither its longest
     /// correct prefix nor its accuracy grew.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = CapacityConfig::new(Search::Gallop).stage_patience)]
     pub stage_patience: usize,
     /// Most optimisation steps per text, all stages together.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = CapacityConfig::new(Search::Gallop).budget)]
     pub budget: usize,
     /// Learning-rate schedule: text (the protocol's warm-up and cosine over
     /// the text's budget, restored with a checkpoint) or stage (the cosine
@@ -133,17 +133,12 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
     let _lock = RunLock::acquire(&db, args.wait)?;
     let mut store = CapacityStore::open(&db)?;
     let identity = ModelIdentity::of(m)?;
-    store.adopt_settings(&serde_json::json!({
-        "model": {
-            "architecture": identity.architecture,
-            "weights_sha256": identity.weights_sha256,
-            "tokenizer_sha256": identity.tokenizer_sha256,
-        },
-        "backend": m.model.info().backend(),
-        "engine": ecfg,
-        "layout": layout,
-        "capacity": cfg,
-    }))?;
+    store.adopt_settings(&capacity::run_settings(
+        &identity,
+        &m.model.info().backend(),
+        &engine,
+        &cfg,
+    ))?;
     store.set_meta("model_name", &m.spec)?;
     let show = !quiet && !args.json;
     if show {

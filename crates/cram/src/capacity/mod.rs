@@ -300,6 +300,28 @@ fn min_target(loss: LossConvention) -> usize {
     }
 }
 
+/// The settings a capacity run records and resumes only with
+/// ([`CapacityStore::adopt_settings`]): the model's identity, its backend,
+/// the engine's settings and layout, and the search's.
+pub fn run_settings(
+    identity: &crate::memfile::ModelIdentity,
+    backend: &crate::model::Backend,
+    engine: &Engine<'_>,
+    cfg: &CapacityConfig,
+) -> serde_json::Value {
+    serde_json::json!({
+        "model": {
+            "architecture": identity.architecture,
+            "weights_sha256": identity.weights_sha256,
+            "tokenizer_sha256": identity.tokenizer_sha256,
+        },
+        "backend": backend,
+        "engine": engine.config(),
+        "layout": engine.layout(),
+        "capacity": cfg,
+    })
+}
+
 /// A fresh search for `t`.
 pub fn fresh(engine: &Engine<'_>, cfg: &CapacityConfig, t: &CapacityText) -> TextProgress {
     let start = cfg.start.max(min_target(engine.config().loss));

@@ -256,18 +256,9 @@ pub fn run(
                     let db = unit_db(&dir, shard);
                     let _lock = RunLock::acquire(&db, opts.wait)?;
                     let mut store = CapacityStore::open(&db)?;
-                    store.adopt_settings(&serde_json::json!({
-                        "model": {
-                            "architecture": identity.architecture,
-                            "weights_sha256": identity.weights_sha256,
-                            "tokenizer_sha256": identity.tokenizer_sha256,
-                        },
-                        "backend": backend,
-                        "engine": engine.config(),
-                        "layout": layout,
-                        "capacity": cfg,
-                        "dataset": d.name,
-                    }))?;
+                    let mut settings = capacity::run_settings(&identity, &backend, &engine, &cfg);
+                    settings["dataset"] = d.name.clone().into();
+                    store.adopt_settings(&settings)?;
                     store.set_meta("model_name", spec)?;
                     let unit_already = store.load()?.iter().filter(|t| t.search.done).count();
                     summary.already += unit_already;
