@@ -7,7 +7,12 @@
 #   gallop   `cram capacity --search gallop` (default protocol);
 #   step:1   `cram capacity --search step:1 --start 1` (progressive
 #            cramming's growth);
-#   paper    `cram capacity --search gallop --protocol paper` (PAPER=1).
+#   paper    `cram capacity --search gallop --protocol paper` (PAPER=1);
+#   low-dim  (LOWDIM=1) `cram capacity --search gallop --low-dim K` with a
+#            learned basis (fitted on the texts' first 32 tokens) and with a
+#            PCA basis of the vectors of PCA_TEXTS other texts of DATA
+#            (`cram compress --tokens 16`, rows between the study's);
+#            printed as a second table beside the full vectors' gallop.
 # Every side is run by this build of cram on the same texts; the script
 # prints a Markdown table and the ratios issue 14 asks for. Step counts do
 # not depend on the machine's load; seconds do.
@@ -19,6 +24,7 @@
 #   both capacity searches] GRID_FROM [unset; a convergence-study JSONL
 #   (docs/study/convergence.jsonl): its `cram` cells at the grid's lengths
 #   are used instead of running those lengths again; the table says which]
+#   LOWDIM [1] LOWDIM_K [32] PCA_TEXTS [40]
 #   CRAM [the cram binary; built with cargo if unset]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +35,9 @@ GRID=${GRID:-8 16 24 32 48 64 96 128}
 PAPER=${PAPER:-1}
 OUT=${OUT:-target/bench_capacity}
 GRID_FROM=${GRID_FROM:-}
+LOWDIM=${LOWDIM:-1}
+LOWDIM_K=${LOWDIM_K:-32}
+PCA_TEXTS=${PCA_TEXTS:-40}
 read -r -a EXTRA <<<"${CAPACITY_FLAGS:-}"
 if [ -z "${CRAM:-}" ]; then
     cargo build --quiet
@@ -58,6 +67,22 @@ search() { # NAME FLAGS...
 search gallop --search gallop
 search step1 --search step:1 --start 1
 [ "$PAPER" = 1 ] && search paper --search gallop --protocol paper
+if [ "$LOWDIM" = 1 ]; then
+    python3 - "$DATA" "$PCA_TEXTS" >"$OUT/pca-texts.jsonl" <<'PY'
+import csv, json, sys
+csv.field_size_limit(1 << 30)
+rows = list(csv.DictReader(open(sys.argv[1], encoding="utf-8")))
+n = int(sys.argv[2])
+for k in range(n):
+    i = k * len(rows) // n + len(rows) // (2 * n)
+    print(json.dumps({"id": rows[i].get("id") or str(i), "text": rows[i]["text"]}))
+PY
+    echo "pca source: cram compress --tokens 16 of $PCA_TEXTS other texts ..." >&2
+    "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/pca-texts.jsonl" --tokens 16 --batch 8 \
+        --json -o "$OUT/pca-source" >"$OUT/pca-source.jsonl"
+    search lowdim-learned --search gallop --low-dim "$LOWDIM_K" --basis learned
+    search lowdim-pca --search gallop --low-dim "$LOWDIM_K" --basis "pca:$OUT/pca-source"
+fi
 
 for L in $GRID; do
     if from_study "$L"; then
@@ -70,7 +95,7 @@ for L in $GRID; do
         --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
 done
 
-python3 - "$OUT" "$GRID" "$GRID_FROM" "$MODEL" "$NTEXTS" <<'PY'
+python3 - "$OUT" "$GRID" "$GRID_FROM" "$MODEL" "$NTEXTS" "$LOWDIM_K" <<'PY'
 import json, os, statistics, sys
 out, grid, study, model, n = sys.argv[1], list(map(int, sys.argv[2].split())), sys.argv[3], sys.argv[4], int(sys.argv[5])
 def lines(p):
@@ -119,4 +144,24 @@ print(f"- optimisation steps, step:1 / gallop: {tot(s1) / tot(g):.2f}× (target 
 print(f"- seconds in a batch (sum over texts): gallop {secs(g):.0f}, step:1 {secs(s1):.0f}")
 if pa:
     print(f"- mean horizon, default protocol / paper protocol (gallop): {mean(g):.1f} / {mean(pa):.1f} = {mean(g) / max(mean(pa), 1e-9):.2f}×")
+low = {k: sorted(lines(f"{out}/lowdim-{k}.jsonl") or [], key=lambda r: r["index"]) for k in ("learned", "pca")}
+if low["learned"] or low["pca"]:
+    def fit_steps(k):
+        # The basis file's header (safetensors: 8-byte length, then JSON).
+        p = f"{out}/lowdim-{k}/basis.safetensors"
+        if not os.path.exists(p):
+            return None
+        with open(p, "rb") as f:
+            n_head = int.from_bytes(f.read(8), "little")
+            head = json.loads(f.read(n_head))
+        return json.loads(head["__metadata__"]["cram-basis"])["fit_steps"]
+    K = sys.argv[6]
+    print(f"\nLow-dimensional vectors (gallop, z of size {K}), same texts:\n")
+    print("| vectors | mean horizon | median horizon | steps (all texts) | basis fitting steps |")
+    print("|---|---:|---:|---:|---:|")
+    med = lambda rs: statistics.median(r["horizon"] for r in rs)
+    print(f"| full ({len(g)} texts) | {mean(g):.1f} | {med(g)} | {tot(g)} | – |")
+    for k, name in (("learned", "learned basis"), ("pca", "PCA basis")):
+        if low[k]:
+            print(f"| {name} ({len(low[k])} texts) | {mean(low[k]):.1f} | {med(low[k])} | {tot(low[k])} | {fit_steps(k)} |")
 PY

@@ -222,6 +222,8 @@ beta2 = 0.99
 search = ["gallop", "step:2"]
 max_tokens = 10
 start = 2
+low_dim = [0, 16]
+fit_tokens = 6
 [[datasets]]
 name = "short"
 chunk = "whole"
@@ -240,12 +242,24 @@ source = {{ kind = "jsonl", path = "texts.jsonl" }}
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    // Two units (one per search), each with two shard databases.
+    // Four units (searches × full and low-dimensional vectors), each with
+    // two shard databases; both shards of a low-dimensional unit fitted the
+    // same basis.
     let units: Vec<_> = std::fs::read_dir(tmp.path().join("run/capacity"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(units.len(), 2, "{units:?}");
+    assert_eq!(units.len(), 4, "{units:?}");
+    let low: Vec<_> = units
+        .iter()
+        .filter(|u| u.to_string_lossy().ends_with("__k16-learned"))
+        .collect();
+    assert_eq!(low.len(), 2, "{units:?}");
+    for u in low {
+        let a = std::fs::read(u.join("basis-shard-0-of-2.safetensors")).unwrap();
+        let b = std::fs::read(u.join("basis-shard-1-of-2.safetensors")).unwrap();
+        assert_eq!(a, b, "{}", u.display());
+    }
     for u in &units {
         assert_eq!(
             std::fs::read_dir(u)
@@ -263,14 +277,16 @@ source = {{ kind = "jsonl", path = "texts.jsonl" }}
     }
     let o = cram(&["check", &out, "--config", &config], &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("6 done"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("12 done"));
     let report = tmp.path().join("report");
     let o = cram(&["report", &out, "-o", report.to_str().unwrap()], &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let md = std::fs::read_to_string(report.join("capacity.md")).unwrap();
-    assert_eq!(md.lines().count(), 4, "two units: {md}");
+    assert_eq!(md.lines().count(), 6, "four units: {md}");
     assert!(
-        md.contains("gallop · cram · 2 vectors") && md.contains("step:2 · cram"),
+        md.contains("gallop · cram · 2 vectors · lr")
+            && md.contains("step:2 · cram")
+            && md.contains("2 vectors · low-dim 16 (learned)"),
         "{md}"
     );
     // `lengths` in a capacity sweep is a configuration error.
@@ -284,4 +300,48 @@ source = {{ kind = "jsonl", path = "texts.jsonl" }}
     let o = cram(&["sweep", bad.to_str().unwrap(), "--out", &out], &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("lengths"));
+}
+
+#[test]
+fn low_dimensional_capacity_runs_keep_their_basis_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = texts(tmp.path());
+    let model = model();
+    let full = tmp.path().join("full").display().to_string();
+    let mut args = capacity_args(&input, &full, &[]);
+    args.extend_from_slice(&["--model", &model]);
+    run(&args);
+    let pca = format!("pca:{full}");
+    for (basis, k) in [("learned", "16"), (pca.as_str(), "4")] {
+        let name = basis.split(':').next().unwrap();
+        let out = tmp.path().join(name).display().to_string();
+        let vecs = tmp.path().join(format!("v-{name}")).display().to_string();
+        let mut args = capacity_args(&input, &out, &["-o", &vecs]);
+        args.extend_from_slice(&[
+            "--model",
+            &model,
+            "--low-dim",
+            k,
+            "--basis",
+            basis,
+            "--fit-tokens",
+            "6",
+        ]);
+        let first = run(&args);
+        assert_eq!(first.len(), 3);
+        assert!(
+            first.iter().any(|l| l["horizon"].as_u64().unwrap() >= 2),
+            "{basis}: {first:?}"
+        );
+        assert!(Path::new(&out).join("basis.safetensors").exists());
+        check_files(&first);
+        let again = run(&args);
+        assert_eq!(stable(&again), stable(&first), "{basis}");
+        // Another basis in the same run folder is refused.
+        let mut other = args.clone();
+        let at = other.iter().position(|a| *a == k).unwrap();
+        other[at] = "3";
+        let o = cram(&other, &[]);
+        assert_eq!(o.status.code(), Some(2), "{basis}");
+    }
 }

@@ -102,30 +102,11 @@ fn compress_then_decompress_gives_the_text_back() {
 #[test]
 fn many_texts_from_jsonl_go_to_a_folder() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("texts.jsonl");
-    std::fs::write(
-        &input,
-        "{\"text\": \"A small boat drifted past the harbour.\"}\n{\"text\": \"In the morning the village woke.\"}\n",
-    )
-    .unwrap();
+    let input = two_texts(dir.path());
     let out = dir.path().join("out");
     let model = fixture("llama_gqa_tied");
-    let mut args = vec![
-        "compress",
-        "--model",
-        &model,
-        "--input",
-        input.to_str().unwrap(),
-        "--batch",
-        "2",
-        "-o",
-        out.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(FAST);
-    let o = cram(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(String::from_utf8(o.stdout).unwrap().lines().count(), 2);
+    let lines = compress_many(&input, &out, &model, &[]).unwrap();
+    assert_eq!(lines.len(), 2);
     assert!(out.join("00000.safetensors").exists());
     assert!(out.join("00001.safetensors").exists());
 }
@@ -209,4 +190,137 @@ fn bad_texts_are_clear_errors() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("context length"), "{}", stderr(&o));
     assert!(!out.exists(), "nothing is written for a refused text");
+}
+
+/// Two short texts in `dir/texts.jsonl`.
+fn two_texts(dir: &Path) -> PathBuf {
+    let input = dir.join("texts.jsonl");
+    std::fs::write(
+        &input,
+        "{\"text\": \"A small boat drifted past the harbour.\"}\n{\"text\": \"In the morning the village woke.\"}\n",
+    )
+    .unwrap();
+    input
+}
+
+/// Compresses `input` into the folder `out` with `extra` flags; the JSON
+/// lines, or the failed output.
+fn compress_many(
+    input: &Path,
+    out: &Path,
+    model: &str,
+    extra: &[&str],
+) -> Result<Vec<serde_json::Value>, Output> {
+    let mut args = vec![
+        "compress",
+        "--model",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+        "--batch",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(extra);
+    let o = cram(&args);
+    if !o.status.success() {
+        return Err(o);
+    }
+    Ok(String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect())
+}
+
+#[test]
+fn low_dimensional_vectors_decode_with_the_basis_saved_beside_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = two_texts(dir.path());
+    let model = fixture("llama_gqa_tied");
+    let full = dir.path().join("full");
+    compress_many(&input, &full, &model, &[]).unwrap();
+    let mut exact = 0;
+    for basis in ["random", "learned", &format!("pca:{}", full.display())] {
+        let k = if basis.starts_with("pca") { "3" } else { "24" };
+        let out = dir.path().join(basis.split(':').next().unwrap());
+        let extra = ["--low-dim", k, "--basis", basis];
+        let lines = compress_many(&input, &out, &model, &extra).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(out.join("basis.safetensors").exists());
+        for l in &lines {
+            assert_eq!(l["config"]["low_dim"]["basis"], basis, "{l}");
+            let file = l["file"].as_str().unwrap();
+            let o = cram(&["decompress", "--model", &model, file, "--json"]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(d["matches_original"], l["exact"], "{basis}: {d} {l}");
+            assert_eq!(d["token_ids"], l["decoded_ids"], "{basis}");
+            exact += usize::from(l["exact"] == true);
+        }
+        // A second run keeps every file (and the basis).
+        let again = compress_many(&input, &out, &model, &extra).unwrap();
+        assert!(again.iter().all(|l| l["kept"] == true), "{again:?}");
+    }
+    assert!(
+        exact >= 2,
+        "low-dimensional vectors decode some texts exactly"
+    );
+    // Another --low-dim in the same folder: the basis is not replaced.
+    let out = dir.path().join("random");
+    let o = compress_many(
+        &input,
+        &out,
+        &model,
+        &["--low-dim", "8", "--basis", "random"],
+    )
+    .unwrap_err();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("basis.safetensors"), "{}", stderr(&o));
+    // A damaged or missing basis: decompress names it.
+    let file = out.join("00000.safetensors");
+    let basis = out.join("basis.safetensors");
+    let mut bytes = std::fs::read(&basis).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0x20;
+    std::fs::write(&basis, bytes).unwrap();
+    let o = cram(&["decompress", "--model", &model, file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("sha256"), "{}", stderr(&o));
+    std::fs::remove_file(&basis).unwrap();
+    let o = cram(&["decompress", "--model", &model, file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("basis.safetensors is missing"),
+        "{}",
+        stderr(&o)
+    );
+    // Bad settings.
+    for (extra, want) in [
+        (vec!["--low-dim", "0"], "low_dim"),
+        (vec!["--low-dim", "65"], "input width 64"),
+        (vec!["--low-dim", "4", "--basis", "svd"], "unknown basis"),
+        (vec!["--basis", "random"], "--low-dim"),
+        (
+            vec!["--low-dim", "4", "--basis", "pca:/no/such/dir"],
+            "/no/such/dir",
+        ),
+        (
+            vec![
+                "--low-dim",
+                "4",
+                "--basis",
+                &format!("pca:{}", full.display()),
+            ],
+            "span only 3",
+        ),
+    ] {
+        let out = dir.path().join("bad");
+        let o = compress_many(&input, &out, &model, &extra).unwrap_err();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{extra:?}: {}", stderr(&o));
+    }
 }

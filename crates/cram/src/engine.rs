@@ -235,6 +235,10 @@ pub struct CramConfig {
     pub loss: LossConvention,
     /// Seed of the initial vectors.
     pub seed: u64,
+    /// Low-dimensional vectors (`W z + b`): none in full-dimensional runs
+    /// (and then absent from the recorded settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_dim: Option<crate::lowdim::LowDim>,
 }
 
 impl CramConfig {
@@ -255,6 +259,7 @@ impl Default for CramConfig {
             optimizer: OptimizerConfig::default(),
             loss: LossConvention::Full,
             seed: 42,
+            low_dim: None,
         }
     }
 }
@@ -532,6 +537,7 @@ pub fn mean_embedding(model: &dyn CausalLm) -> Result<Vec<f32>> {
 }
 
 /// The engine: a model, its layout and settings.
+#[derive(Clone)]
 pub struct Engine<'a> {
     model: &'a dyn CausalLm,
     cfg: CramConfig,
@@ -540,6 +546,8 @@ pub struct Engine<'a> {
     sink: Option<Tensor>,
     /// The start shared by every text (`mean` and `token` initialisation).
     start: Option<Vec<f32>>,
+    /// The basis of low-dimensional settings, once attached.
+    basis: Option<crate::lowdim::Basis>,
 }
 
 impl<'a> Engine<'a> {
@@ -590,7 +598,52 @@ impl<'a> Engine<'a> {
             layout,
             sink,
             start,
+            basis: None,
         })
+    }
+
+    /// Attaches the basis of the settings' low-dimensional vectors: the
+    /// texts' parameters are then their `z`, expanded by every step and
+    /// decode.
+    pub fn with_basis(mut self, basis: crate::lowdim::Basis) -> Result<Self> {
+        let width = self.model.info().input_size;
+        match &self.cfg.low_dim {
+            Some(l) if l.k == basis.k && basis.width == width => {
+                self.basis = Some(basis);
+                Ok(self)
+            }
+            Some(l) => Err(CramError::Input(format!(
+                "the basis is {} × {}, but the settings ask for --low-dim {} on a model of input width {width}",
+                basis.width, basis.k, l.k
+            ))),
+            None => Err(CramError::Input(
+                "a basis needs low-dimensional settings (--low-dim)".into(),
+            )),
+        }
+    }
+
+    /// The attached basis (low-dimensional settings only).
+    pub fn basis(&self) -> Option<&crate::lowdim::Basis> {
+        self.basis.as_ref()
+    }
+
+    /// The start every text shares (`mean`, `token:ID`), one vector per
+    /// `n_mem`, if the initialisation has one.
+    pub fn shared_start(&self) -> Option<&[f32]> {
+        self.start.as_deref()
+    }
+
+    /// The basis when the settings are low-dimensional; an error if none
+    /// is attached yet.
+    fn active_basis(&self) -> Result<Option<&crate::lowdim::Basis>> {
+        match (&self.cfg.low_dim, &self.basis) {
+            (None, _) => Ok(None),
+            (Some(_), Some(b)) => Ok(Some(b)),
+            (Some(_), None) => Err(CramError::Input(
+                "internal: low-dimensional settings but no basis attached (Engine::with_basis)"
+                    .into(),
+            )),
+        }
     }
 
     /// The layout: what stands in front of the vectors.
@@ -736,6 +789,9 @@ impl<'a> Engine<'a> {
     /// (`mean`, `token:ID`) or `randn * std` from the text's seed stream.
     pub fn initial_state(&self, index: usize) -> OptState {
         let info = self.model.info();
+        if let Some(l) = &self.cfg.low_dim {
+            return OptState::start(crate::lowdim::initial_z(self, index, l.k));
+        }
         OptState::start(match &self.start {
             Some(v) => v.clone(),
             None => initial_vectors(
@@ -758,8 +814,32 @@ impl<'a> Engine<'a> {
 
     /// One forward/backward over a batch of texts (of any lengths): per
     /// text the loss, accuracy, correct prefix and gradient of the text's
-    /// mean loss with respect to its vectors.
+    /// mean loss with respect to its parameters (its vectors, or its `z`
+    /// under low-dimensional settings).
     pub fn step_batch(&self, items: &[StepItem<'_>]) -> Result<Vec<StepOutput>> {
+        let Some(basis) = self.active_basis()? else {
+            return self.step_vectors(items);
+        };
+        let vectors: Vec<Vec<f32>> = items.iter().map(|it| basis.expand(it.params)).collect();
+        let full: Vec<StepItem<'_>> = items
+            .iter()
+            .zip(&vectors)
+            .map(|(it, v)| StepItem {
+                params: v,
+                ids: it.ids,
+                embeds: it.embeds,
+            })
+            .collect();
+        let mut outs = self.step_vectors(&full)?;
+        for o in &mut outs {
+            o.grad = basis.project(&o.grad);
+        }
+        Ok(outs)
+    }
+
+    /// [`Engine::step_batch`] on full vectors (`params` are vectors
+    /// whatever the settings), the gradient with respect to them.
+    pub fn step_vectors(&self, items: &[StepItem<'_>]) -> Result<Vec<StepOutput>> {
         let model = self.model;
         let dev = model.device();
         let dtype = model.dtype();
@@ -880,12 +960,26 @@ impl<'a> Engine<'a> {
     /// Greedy decoding of a batch of texts from their vectors with this
     /// engine's layout, vector count and loss convention ([`decode_batch`]).
     pub fn decode(&self, items: &[DecodeItem<'_>]) -> Result<Vec<Vec<u32>>> {
+        let basis = self.active_basis()?;
+        let vectors: Vec<_> = items
+            .iter()
+            .map(|it| crate::lowdim::vectors(basis, it.vectors))
+            .collect();
+        let full: Vec<DecodeItem<'_>> = items
+            .iter()
+            .zip(&vectors)
+            .map(|(it, v)| DecodeItem {
+                vectors: v,
+                first_token: it.first_token,
+                count: it.count,
+            })
+            .collect();
         decode_batch(
             self.model,
             &self.layout,
             self.cfg.n_mem,
             self.cfg.loss,
-            items,
+            &full,
         )
     }
 

@@ -40,6 +40,7 @@ pub mod capacity;
 pub mod datasets;
 pub mod engine;
 pub mod layout;
+pub mod lowdim;
 pub mod memfile;
 pub mod metrics;
 pub mod nonfinite;

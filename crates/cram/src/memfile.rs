@@ -93,6 +93,7 @@ impl MemMeta {
             layout: layout.clone(),
             metrics: Metrics::from(r),
             backend: Some(m.model.info().backend()),
+            basis: None,
         }
     }
 }
@@ -136,6 +137,69 @@ pub struct MemMeta {
     /// absent in files written before cram recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<cram_models::Backend>,
+    /// The basis low-dimensional vectors are expanded with (absent for
+    /// full vectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<BasisRef>,
+}
+
+/// Where a low-dimensional vector file's basis is: a file in the same
+/// folder, and its numbers' SHA-256 ([`crate::lowdim::Basis::sha256`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasisRef {
+    /// The basis file's name, beside the vector file.
+    pub file: String,
+    /// SHA-256 of its numbers.
+    pub sha256: String,
+}
+
+impl MemMeta {
+    /// Numbers per vector in the file: `k` for low-dimensional vectors,
+    /// the model's input width otherwise.
+    pub fn row_width(&self) -> usize {
+        self.config
+            .low_dim
+            .as_ref()
+            .map_or(self.input_size, |l| l.k)
+    }
+
+    /// The vectors of a file's numbers `params`: expanded with the basis
+    /// it names (read from beside `file` and checked against its SHA-256),
+    /// or `params` themselves for full vectors.
+    pub fn expand(&self, file: &Path, params: Vec<f32>) -> Result<Vec<f32>> {
+        if self.config.low_dim.is_none() {
+            return Ok(params);
+        }
+        let r = self.basis.as_ref().ok_or_else(|| {
+            CramError::bad_file(
+                file,
+                "metadata field `basis`: missing (the file holds low-dimensional vectors)",
+            )
+        })?;
+        let path = file.parent().unwrap_or_else(|| Path::new("")).join(&r.file);
+        if !path.is_file() {
+            return Err(CramError::bad_file(
+                file,
+                format!(
+                    "its basis {} is missing (low-dimensional vectors decode only with the basis they were made with)",
+                    path.display()
+                ),
+            ));
+        }
+        let (basis, _, _) = crate::lowdim::Basis::read(&path)?;
+        if basis.sha256() != r.sha256 || basis.width != self.input_size {
+            return Err(CramError::bad_file(
+                &path,
+                format!(
+                    "is not the basis {} was made with (sha256 {}, expected {})",
+                    file.display(),
+                    basis.sha256(),
+                    r.sha256
+                ),
+            ));
+        }
+        Ok(basis.expand(&params))
+    }
 }
 
 /// The metrics stored with the vectors.
@@ -200,9 +264,17 @@ pub fn tokens_sha256(ids: &[u32]) -> String {
     format!("{:x}", h.finalize())
 }
 
-struct F32View<'a> {
+/// An f32 tensor to write into a safetensors file.
+pub(crate) struct F32View<'a> {
     shape: Vec<usize>,
     data: &'a [f32],
+}
+
+impl<'a> F32View<'a> {
+    /// `data`, row-major, of `shape`.
+    pub(crate) fn new(shape: Vec<usize>, data: &'a [f32]) -> Self {
+        Self { shape, data }
+    }
 }
 
 impl safetensors::View for F32View<'_> {
@@ -223,24 +295,33 @@ impl safetensors::View for F32View<'_> {
 /// Writes vectors `[n_mem, input_size]` and metadata, atomically (a temp
 /// file renamed into place).
 pub fn write(path: &Path, vectors: &[f32], meta: &MemMeta) -> Result<()> {
-    if vectors.len() != meta.n_mem * meta.input_size {
+    let width = meta.row_width();
+    if vectors.len() != meta.n_mem * width {
         return Err(CramError::Input(format!(
-            "internal: {} numbers for {} vectors of width {}",
+            "internal: {} numbers for {} vectors of width {width}",
             vectors.len(),
             meta.n_mem,
-            meta.input_size
         )));
     }
     let json = serde_json::to_string(meta).map_err(|e| CramError::bad_file(path, e))?;
     let info = HashMap::from([(META_KEY.to_string(), json)]);
-    let view = F32View {
-        shape: vec![meta.n_mem, meta.input_size],
-        data: vectors,
-    };
+    write_tensors(
+        path,
+        vec![(TENSOR, F32View::new(vec![meta.n_mem, width], vectors))],
+        info,
+    )
+}
+
+/// Writes f32 tensors and metadata to a safetensors file, atomically.
+pub(crate) fn write_tensors(
+    path: &Path,
+    tensors: Vec<(&str, F32View<'_>)>,
+    info: HashMap<String, String>,
+) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
     // Written aside and renamed: a file at `path` is always whole. A failed
     // write (a full disk) leaves no partial file behind.
-    let written = safetensors::serialize_to_file([(TENSOR, view)], Some(info), &tmp)
+    let written = safetensors::serialize_to_file(tensors, Some(info), &tmp)
         .map_err(|e| CramError::bad_file(&tmp, format!("cannot write: {e}")))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| CramError::io(path, e)));
     if written.is_err() {
@@ -251,7 +332,7 @@ pub fn write(path: &Path, vectors: &[f32], meta: &MemMeta) -> Result<()> {
 
 /// What `path` holds for a text about to be crammed: nothing, or the vectors
 /// of this very text (tokens `ids`, settings `cfg`, the model of
-/// `identity`), whose metadata is returned so that the work is not done
+/// `identity`, the basis of SHA-256 `basis_sha256`), whose metadata is returned so that the work is not done
 /// again.
 ///
 /// # Errors
@@ -261,6 +342,7 @@ pub fn existing(
     path: &Path,
     identity: &ModelIdentity,
     cfg: &CramConfig,
+    basis_sha256: Option<&str>,
     ids: &[u32],
 ) -> Result<Option<MemMeta>> {
     if !path.exists() {
@@ -282,11 +364,44 @@ pub fn existing(
     if meta.config != *cfg {
         return Err(refuse("vectors made with other settings"));
     }
+    if meta.basis.as_ref().map(|b| b.sha256.as_str()) != basis_sha256 {
+        return Err(refuse("vectors made with another basis"));
+    }
     Ok(Some(meta))
 }
 
-/// Reads a file written by [`write`]: vectors (row-major) and metadata.
+/// Reads a file written by [`write`]: vectors (row-major; each `z` for
+/// low-dimensional vectors) and metadata.
 pub fn read(path: &Path) -> Result<(Vec<f32>, MemMeta)> {
+    let bad = |msg: String| CramError::bad_file(path, msg);
+    let (mut tensors, json) = read_tensors(path, META_KEY, "cram compress")?;
+    let meta: MemMeta =
+        serde_json::from_str(&json).map_err(|e| bad(format!("invalid cram metadata: {e}")))?;
+    if meta.format != FORMAT {
+        return Err(bad(format!(
+            "unsupported format `{}` (expected {FORMAT})",
+            meta.format
+        )));
+    }
+    let (shape, vectors) = tensors
+        .remove(TENSOR)
+        .ok_or_else(|| bad(format!("no `{TENSOR}` tensor")))?;
+    let width = meta.row_width();
+    if shape != [meta.n_mem, width] {
+        return Err(bad(format!(
+            "tensor `{TENSOR}` is {shape:?}, expected [{}, {width}]",
+            meta.n_mem
+        )));
+    }
+    Ok((vectors, meta))
+}
+
+/// A safetensors file's f32 tensors by name: shape and numbers.
+pub(crate) type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// The f32 tensors (by name: shape, numbers) and the metadata entry `key`
+/// of a safetensors file written by `writer` (named in errors).
+pub(crate) fn read_tensors(path: &Path, key: &str, writer: &str) -> Result<(Tensors, String)> {
     let bytes = std::fs::read(path).map_err(|e| CramError::io(path, e))?;
     let bad = |msg: String| CramError::bad_file(path, msg);
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -294,40 +409,31 @@ pub fn read(path: &Path) -> Result<(Vec<f32>, MemMeta)> {
     let json = header
         .metadata()
         .as_ref()
-        .and_then(|m| m.get(META_KEY))
+        .and_then(|m| m.get(key))
         .ok_or_else(|| {
             bad(format!(
-                "no `{META_KEY}` metadata: not a file written by cram compress"
+                "no `{key}` metadata: not a file written by {writer}"
             ))
-        })?;
-    let meta: MemMeta =
-        serde_json::from_str(json).map_err(|e| bad(format!("invalid cram metadata: {e}")))?;
-    if meta.format != FORMAT {
-        return Err(bad(format!(
-            "unsupported format `{}` (expected {FORMAT})",
-            meta.format
-        )));
-    }
+        })?
+        .clone();
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
-    let t = st
-        .tensor(TENSOR)
-        .map_err(|_| bad(format!("no `{TENSOR}` tensor")))?;
-    if t.dtype() != safetensors::Dtype::F32 || t.shape() != [meta.n_mem, meta.input_size] {
-        return Err(bad(format!(
-            "tensor `{TENSOR}` is {:?} {:?}, expected F32 [{}, {}]",
-            t.dtype(),
-            t.shape(),
-            meta.n_mem,
-            meta.input_size
-        )));
+    let mut out = HashMap::new();
+    for (name, t) in st.tensors() {
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(bad(format!(
+                "tensor `{name}` is {:?}, expected F32",
+                t.dtype()
+            )));
+        }
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.insert(name, (t.shape().to_vec(), v));
     }
-    let vectors = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((vectors, meta))
+    Ok((out, json))
 }
 
 /// A file's text regenerated from its vectors alone.
@@ -352,7 +458,7 @@ pub struct Decoded {
 /// exceeds the model's context (a corrupt or hand-edited file), names the
 /// file and the field.
 pub fn decode(m: &LoadedModel, file: &Path) -> Result<Decoded> {
-    let (vectors, meta) = read(file)?;
+    let (params, meta) = read(file)?;
     let identity = ModelIdentity::of(m)?;
     if !identity.same_model(&meta.model) {
         return Err(CramError::bad_file(
@@ -393,6 +499,7 @@ pub fn decode(m: &LoadedModel, file: &Path) -> Result<Decoded> {
             format!("metadata field `n_tokens`: {} tokens with {} vector(s) and the layout's fixed token do not fit the model's context length {ctx}", meta.n_tokens, meta.n_mem),
         ));
     }
+    let vectors = meta.expand(file, params)?;
     let non_finite = vectors.iter().filter(|v| !v.is_finite()).count();
     let count = meta.loss.n_predicted(meta.n_tokens);
     let mut ids = crate::engine::decode_vectors(

@@ -50,6 +50,7 @@ impl Protocol {
                 optimizer: OptimizerConfig::default(),
                 loss: LossConvention::Paper,
                 seed: 42,
+                low_dim: None,
             },
             Self::Cram => CramConfig {
                 protocol: Some(self),
@@ -69,6 +70,7 @@ impl Protocol {
                 },
                 loss: LossConvention::Full,
                 seed: 42,
+                low_dim: None,
             },
         }
     }

@@ -32,7 +32,8 @@ pub struct CapacityRun {
 }
 
 impl CapacityRun {
-    /// The setting in one line: search, protocol, vectors, learning rate.
+    /// The setting in one line: search, protocol, vectors (and their
+    /// low-dimensional basis), learning rate.
     pub fn setting(&self) -> String {
         let s = &self.settings;
         let str_at = |p: &str| s.pointer(p).and_then(|v| v.as_str()).unwrap_or("?");
@@ -40,8 +41,18 @@ impl CapacityRun {
             .pointer("/engine/n_mem")
             .and_then(|v| v.as_u64())
             .unwrap_or(1);
+        let low = s
+            .pointer("/engine/low_dim")
+            .filter(|l| !l.is_null())
+            .map_or(String::new(), |l| {
+                format!(
+                    " · low-dim {} ({})",
+                    l["k"],
+                    l["basis"].as_str().unwrap_or("?")
+                )
+            });
         format!(
-            "{} · {} · {n} vector{} · lr {}",
+            "{} · {} · {n} vector{}{low} · lr {}",
             str_at("/capacity/search"),
             str_at("/engine/protocol"),
             if n == 1 { "" } else { "s" },

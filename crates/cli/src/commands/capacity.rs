@@ -10,7 +10,8 @@ use cram::capacity::{
     self, CapacityConfig, CapacityStore, CapacityText, Event, Schedule, Search, TextProgress,
 };
 use cram::engine::{CramResult, Engine, StopReason};
-use cram::memfile::{self, MemMeta, ModelIdentity};
+use cram::lowdim::{self, LowDimArgs};
+use cram::memfile::{self, BasisRef, MemMeta, ModelIdentity};
 use cram::model::LoadedModel;
 use cram::protocol::CramArgs;
 use cram::store::RunLock;
@@ -62,6 +63,10 @@ pub struct CapacityArgs {
     /// replaced by the stage and text budgets).
     #[command(flatten)]
     pub cram: CramArgs,
+    /// Low-dimensional vectors (the basis is saved as RUN_DIR/basis.safetensors
+    /// and beside the vector files).
+    #[command(flatten)]
+    pub low_dim: LowDimArgs,
     /// The run folder: RUN_DIR/capacity.sqlite holds every finished stage;
     /// running again resumes it.
     #[arg(long)]
@@ -98,15 +103,19 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
     if args.texts == Some(0) {
         anyhow::bail!("--texts must be at least 1");
     }
-    let engine = Engine::new(m, args.cram.config())?;
-    let layout = engine.layout().clone();
-    let ecfg = engine.config().clone();
     // Tokenise and check everything before any compute.
     let mut samples =
         cram::datasets::load_texts(&cram::texts::source_of(&args.input, &args.field))?;
     if let Some(n) = args.texts {
         samples.truncate(n);
     }
+    let mut ecfg = args.cram.config();
+    ecfg.low_dim = args
+        .low_dim
+        .setting(args.batch.min(samples.len()), Some(32));
+    let mut engine = Engine::new(m, ecfg)?;
+    let layout = engine.layout().clone();
+    let ecfg = engine.config().clone();
     let room = m
         .model
         .info()
@@ -133,6 +142,50 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
     let _lock = RunLock::acquire(&db, args.wait)?;
     let mut store = CapacityStore::open(&db)?;
     let identity = ModelIdentity::of(m)?;
+    let mut basis_ref = None;
+    if let Some(low) = ecfg.low_dim.clone() {
+        for t in &texts {
+            engine.check_text(&t.ids)?;
+        }
+        // A run folder of other settings is refused before a basis is
+        // made (or fitted) for it.
+        let before = capacity::run_settings(&identity, &m.model.info().backend(), &engine, &cfg);
+        if let Some(mut old) = store.settings()? {
+            if let Some(o) = old.as_object_mut() {
+                o.remove("basis_sha256");
+            }
+            if old != before {
+                store.adopt_settings(&before)?;
+            }
+        }
+        let file = args.out.join(lowdim::BASIS_FILE);
+        let fit: Vec<(usize, Vec<u32>)> = texts.iter().map(|t| (t.index, t.ids.clone())).collect();
+        let (basis, r) = super::compress::prepare_basis(
+            &engine,
+            &low,
+            &identity,
+            &fit,
+            &file,
+            !quiet && !args.json,
+        )?;
+        if let Some(dir) = &args.vectors {
+            let copy = dir.join(lowdim::BASIS_FILE);
+            let same = copy.exists()
+                && lowdim::Basis::read(&copy).is_ok_and(|(b, _, _)| b.sha256() == basis.sha256());
+            if !same {
+                if copy.exists() {
+                    anyhow::bail!(
+                        "{}: holds another basis; use another --vectors folder or remove it",
+                        copy.display()
+                    );
+                }
+                std::fs::copy(&file, &copy)
+                    .with_context(|| format!("{}: cannot write", copy.display()))?;
+            }
+        }
+        basis_ref = Some(r);
+        engine = engine.with_basis(basis)?;
+    }
     store.adopt_settings(&capacity::run_settings(
         &identity,
         &m.model.info().backend(),
@@ -195,7 +248,15 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
             }
             Event::Text(p) => {
                 let file = match &args.vectors {
-                    Some(dir) => write_vectors(m, &identity, &engine, dir, p, &texts[p.index].ids)?,
+                    Some(dir) => write_vectors(
+                        m,
+                        &identity,
+                        &engine,
+                        basis_ref.as_ref(),
+                        dir,
+                        p,
+                        &texts[p.index].ids,
+                    )?,
                     None => None,
                 };
                 bar.suspend(|| report_text(p, file.as_deref(), args.json, quiet));
@@ -225,6 +286,7 @@ fn write_vectors(
     m: &LoadedModel,
     identity: &ModelIdentity,
     engine: &Engine<'_>,
+    basis: Option<&BasisRef>,
     dir: &Path,
     p: &TextProgress,
     ids: &[u32],
@@ -256,7 +318,8 @@ fn write_vectors(
         exact: true,
         first_mismatch: None,
     };
-    let meta = MemMeta::new(m, identity, cfg, engine.layout(), prefix, &result);
+    let mut meta = MemMeta::new(m, identity, cfg, engine.layout(), prefix, &result);
+    meta.basis = basis.cloned();
     let path = dir.join(format!("{:05}.safetensors", p.index));
     memfile::write(&path, &p.checkpoint.params, &meta)?;
     Ok(Some(path))

@@ -8,7 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use cram::engine::{CramConfig, CramResult, Engine};
 use cram::layout::Layout;
-use cram::memfile::{self, MemMeta, ModelIdentity};
+use cram::lowdim::{self, LowDimArgs};
+use cram::memfile::{self, BasisRef, MemMeta, ModelIdentity};
 use cram::model::LoadedModel;
 use cram::protocol::CramArgs;
 
@@ -37,6 +38,9 @@ pub struct CompressArgs {
     /// The engine settings: a protocol and single overrides.
     #[command(flatten)]
     pub cram: CramArgs,
+    /// Low-dimensional vectors.
+    #[command(flatten)]
+    pub low_dim: LowDimArgs,
     /// Output: a .safetensors file (one text) or a folder (many texts).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -70,7 +74,9 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
     }
-    let engine = Engine::new(m, args.cram.config())?;
+    let mut ecfg = args.cram.config();
+    ecfg.low_dim = args.low_dim.setting(args.batch.min(texts.len()), None);
+    let mut engine = Engine::new(m, ecfg)?;
     let layout = engine.layout().clone();
     if !quiet && !args.json {
         let c = engine.config();
@@ -113,6 +119,24 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
             .with_context(|| format!("{}: cannot create folder", dir.display()))?;
     }
     let identity = ModelIdentity::of(m)?;
+    let mut basis_ref = None;
+    if let Some(low) = engine.config().low_dim.clone() {
+        let file = if many {
+            args.output.join(lowdim::BASIS_FILE)
+        } else {
+            args.output.with_extension("basis.safetensors")
+        };
+        if args.overwrite && file.exists() {
+            std::fs::remove_file(&file)
+                .with_context(|| format!("{}: cannot remove", file.display()))?;
+        }
+        let fit: Vec<(usize, Vec<u32>)> = all_ids.iter().cloned().enumerate().collect();
+        let (basis, r) =
+            prepare_basis(&engine, &low, &identity, &fit, &file, !quiet && !args.json)?;
+        basis_ref = Some(r);
+        engine = engine.with_basis(basis)?;
+    }
+    let basis_sha = basis_ref.as_ref().map(|b| b.sha256.as_str());
     let cfg = engine.config().clone();
     let path_of = |i: usize| {
         if many {
@@ -129,7 +153,7 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
         let kept = if args.overwrite {
             None
         } else {
-            memfile::existing(&path, &identity, &cfg, ids)?
+            memfile::existing(&path, &identity, &cfg, basis_sha, ids)?
         };
         match kept {
             Some(meta) => report_kept(i, &path, &meta, args.json, quiet),
@@ -174,12 +198,57 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
         for (k, r) in results.iter().enumerate() {
             let i = first + k;
             let path = path_of(i);
-            let meta = MemMeta::new(m, &identity, &cfg, &layout, &chunk[k], r);
+            let mut meta = MemMeta::new(m, &identity, &cfg, &layout, &chunk[k], r);
+            meta.basis = basis_ref.clone();
             memfile::write(&path, &r.vectors, &meta)?;
             report(i, &path, r, m, &cfg, &layout, args.json, quiet)?;
         }
     }
     Ok(())
+}
+
+/// The basis of low-dimensional settings `low` for `engine`, in `file`
+/// (reused when it holds one of the same settings, made otherwise; see
+/// [`lowdim::prepare`]), and the reference vector files record. `show`:
+/// print the fitting's progress and the result on stderr.
+pub(crate) fn prepare_basis(
+    engine: &Engine<'_>,
+    low: &lowdim::LowDim,
+    identity: &ModelIdentity,
+    fit: &[(usize, Vec<u32>)],
+    file: &Path,
+    show: bool,
+) -> anyhow::Result<(lowdim::Basis, BasisRef)> {
+    let basis = lowdim::prepare(
+        engine,
+        low,
+        &identity.weights_sha256,
+        fit,
+        file,
+        |step, acc| {
+            if show && step % 50 == 0 {
+                eprintln!("basis: step {step}, mean accuracy {acc:.4}");
+            }
+        },
+    )?;
+    if show {
+        eprintln!(
+            "basis {} ({}, k {}): {} fitting step(s)",
+            file.display(),
+            low.basis,
+            low.k,
+            basis.fit_steps
+        );
+    }
+    let r = BasisRef {
+        file: file
+            .file_name()
+            .expect("a basis file has a name")
+            .to_string_lossy()
+            .into_owned(),
+        sha256: basis.sha256(),
+    };
+    Ok((basis, r))
 }
 
 /// Reports a text whose output file already held its vectors.

@@ -291,7 +291,7 @@ pub fn check(args: &CheckArgs, quiet: bool) -> anyhow::Result<()> {
                 let want = p.cfg.models.len()
                     * p.datasets.len()
                     * p.cfg.n_mem.len()
-                    * cap.search.len()
+                    * cap.units_per_cell()
                     * p.cfg.samples;
                 if done != want {
                     anyhow::bail!(

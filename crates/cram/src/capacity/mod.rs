@@ -302,14 +302,15 @@ fn min_target(loss: LossConvention) -> usize {
 
 /// The settings a capacity run records and resumes only with
 /// ([`CapacityStore::adopt_settings`]): the model's identity, its backend,
-/// the engine's settings and layout, and the search's.
+/// the engine's settings and layout, the search's, and the basis of
+/// low-dimensional vectors.
 pub fn run_settings(
     identity: &crate::memfile::ModelIdentity,
     backend: &crate::model::Backend,
     engine: &Engine<'_>,
     cfg: &CapacityConfig,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "model": {
             "architecture": identity.architecture,
             "weights_sha256": identity.weights_sha256,
@@ -319,7 +320,11 @@ pub fn run_settings(
         "engine": engine.config(),
         "layout": engine.layout(),
         "capacity": cfg,
-    })
+    });
+    if let Some(b) = engine.basis() {
+        v["basis_sha256"] = b.sha256().into();
+    }
+    v
 }
 
 /// A fresh search for `t`.

@@ -12,13 +12,18 @@
 //! [capacity]
 //! search = ["gallop", "step:1"]
 //! max_tokens = 128
+//! low_dim = [0, 32]   # 0: full vectors; K: W z + b with z of size K
+//! basis = "learned"   # or random, pca:RUN_DIR
 //! [[datasets]]
 //! name = "pg19"
 //! builtin = "pg19"
 //! ```
 //!
-//! Each (model, data set, `n_mem`, search) is a *unit* with its own folder
-//! `RUN_DIR/capacity/<model>__<dataset>__m<n_mem>__<search>/` holding
+//! Each (model, data set, `n_mem`, search, low-dim) is a *unit* with its
+//! own folder `RUN_DIR/capacity/<model>__<dataset>__m<n_mem>__<search>/`
+//! (`...__<search>__k<K>-<basis>/` for low-dimensional vectors, with its
+//! basis in `basis[-shard-I-of-N].safetensors`: every shard fits the same
+//! learned basis, on the data set's first `batch_size` texts) holding
 //! `capacity.sqlite`, or with shards one `capacity-shard-I-of-N.sqlite` per
 //! shard: shard `i` of `n` searches the texts whose position in the data
 //! set is `i` modulo `n`, so shards are disjoint and together cover every
@@ -33,6 +38,7 @@ use super::Shard;
 use crate::capacity::{self, CapacityConfig, CapacityStore, CapacityText, Event, Schedule, Search};
 use crate::engine::Engine;
 use crate::error::{CramError, Result};
+use crate::lowdim::{BasisKind, LowDim};
 use crate::memfile::ModelIdentity;
 use crate::store::RunLock;
 
@@ -60,6 +66,27 @@ pub struct CapacitySweep {
     /// The learning-rate schedule.
     #[serde(default)]
     pub schedule: Schedule,
+    /// Sizes of `z`, each a unit of its own; 0: full vectors [default: 0].
+    #[serde(default = "default_low_dim")]
+    pub low_dim: Vec<usize>,
+    /// The basis of low-dimensional units.
+    #[serde(default = "default_basis")]
+    pub basis: BasisKind,
+    /// A learned basis fits on this many tokens of its texts.
+    #[serde(default = "default_fit_tokens")]
+    pub fit_tokens: usize,
+}
+
+fn default_low_dim() -> Vec<usize> {
+    vec![0]
+}
+
+fn default_basis() -> BasisKind {
+    BasisKind::Learned
+}
+
+fn default_fit_tokens() -> usize {
+    32
 }
 
 fn default_search() -> Vec<Search> {
@@ -92,10 +119,36 @@ impl CapacitySweep {
         }
     }
 
+    /// Units per (model, data set, `n_mem`): searches × low-dim sizes.
+    pub fn units_per_cell(&self) -> usize {
+        self.search.len() * self.low_dim.len()
+    }
+
+    /// The low-dimensional setting of a unit with `z` of size `k` (none for
+    /// 0) whose learned basis fits on `fit_texts` texts.
+    pub fn low_dim(&self, k: usize, fit_texts: usize) -> Option<LowDim> {
+        (k > 0).then(|| LowDim {
+            k,
+            basis: self.basis.clone(),
+            fit_texts,
+            fit_tokens: Some(self.fit_tokens),
+        })
+    }
+
     /// The first invalid setting, as (field, what is wrong).
     pub fn invalid(&self) -> Option<(&'static str, String)> {
         if self.search.is_empty() {
             return Some(("search", "no search".into()));
+        }
+        if self.low_dim.is_empty() {
+            return Some(("low_dim", "no size (0 for full vectors)".into()));
+        }
+        let mut sizes = std::collections::HashSet::new();
+        if let Some(k) = self.low_dim.iter().find(|k| !sizes.insert(**k)) {
+            return Some(("low_dim", format!("{k} appears twice")));
+        }
+        if self.fit_tokens == 0 {
+            return Some(("fit_tokens", "must be at least 1".into()));
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(s) = self.search.iter().find(|s| !seen.insert(s.to_string())) {
@@ -112,6 +165,7 @@ pub fn unit_dir(
     dataset: &str,
     n_mem: usize,
     search: Search,
+    low: Option<&LowDim>,
 ) -> PathBuf {
     let slug = |s: &str| -> String {
         s.chars()
@@ -124,12 +178,30 @@ pub fn unit_dir(
             })
             .collect()
     };
+    let low = low.map_or(String::new(), |l| {
+        let kind = match &l.basis {
+            BasisKind::Pca(_) => "pca".to_string(),
+            b => b.to_string(),
+        };
+        format!("__k{}-{kind}", l.k)
+    });
     run_dir.join("capacity").join(format!(
-        "{}__{}__m{n_mem}__{}",
+        "{}__{}__m{n_mem}__{}{low}",
         slug(model),
         slug(dataset),
         slug(&search.to_string())
     ))
+}
+
+/// A unit's basis file for `shard`.
+fn unit_basis(dir: &Path, shard: Option<Shard>) -> PathBuf {
+    match shard {
+        Some(s) if s.count > 1 => dir.join(format!(
+            "basis-shard-{}-of-{}.safetensors",
+            s.index, s.count
+        )),
+        _ => dir.join(crate::lowdim::BASIS_FILE),
+    }
 }
 
 /// A unit's database for `shard`.
@@ -178,7 +250,7 @@ pub fn units(run_dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
 /// What a capacity sweep did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapacitySweepSummary {
-    /// Units run (model × data set × `n_mem` × search).
+    /// Units run (model × data set × `n_mem` × search × low-dim).
     pub units: usize,
     /// Texts of this shard over all units.
     pub texts: usize,
@@ -208,7 +280,7 @@ pub fn run(
     let shard = opts.shard;
     let mine = |s: usize| shard.is_none_or(|sh| s % sh.count == sh.index);
     let n_texts = (0..p.cfg.samples).filter(|&s| mine(s)).count();
-    let n_units = p.cfg.models.len() * p.datasets.len() * p.cfg.n_mem.len() * cap.search.len();
+    let n_units = p.cfg.models.len() * p.datasets.len() * p.cfg.n_mem.len() * cap.units_per_cell();
     let mut summary = CapacitySweepSummary {
         units: n_units,
         texts: n_units * n_texts,
@@ -229,33 +301,64 @@ pub fn run(
         for d in &p.datasets {
             let ids = d.tokens(&lm.tokenizer, &layout, cap.max_tokens)?;
             let sample_ids = d.sample_ids();
-            for &n_mem in &p.cfg.n_mem {
-                let engine = Engine::with_layout(
-                    lm.model.as_ref(),
-                    p.cfg.cram_config(n_mem),
-                    layout.clone(),
-                )?;
+            for (&n_mem, &k) in p
+                .cfg
+                .n_mem
+                .iter()
+                .flat_map(|n| cap.low_dim.iter().map(move |k| (n, k)))
+            {
+                let low = cap.low_dim(k, p.cfg.batch_size.min(p.cfg.samples));
+                let mut ecfg = p.cfg.cram_config(n_mem);
+                ecfg.low_dim = low.clone();
+                let base = Engine::with_layout(lm.model.as_ref(), ecfg, layout.clone())?;
+                let cut = |s: usize| {
+                    let mut t = ids[s].clone();
+                    t.truncate(room.saturating_sub(n_mem));
+                    t
+                };
                 let texts: Vec<CapacityText> = (0..p.cfg.samples)
                     .filter(|&s| mine(s))
-                    .map(|s| {
-                        let mut t = ids[s].clone();
-                        t.truncate(room.saturating_sub(n_mem));
-                        CapacityText {
-                            index: s,
-                            id: sample_ids[s].clone(),
-                            ids: t,
-                        }
+                    .map(|s| CapacityText {
+                        index: s,
+                        id: sample_ids[s].clone(),
+                        ids: cut(s),
                     })
                     .collect();
+                // Every shard fits the same basis: on the data set's first
+                // texts, whatever the shard.
+                let fit: Vec<(usize, Vec<u32>)> = (0..p.cfg.samples).map(|s| (s, cut(s))).collect();
+                let mut basis: Option<crate::lowdim::Basis> = None;
                 for &search in &cap.search {
                     let cfg = cap.config(search);
-                    let dir = unit_dir(&opts.out, spec, &d.name, n_mem, search);
+                    let dir = unit_dir(&opts.out, spec, &d.name, n_mem, search, low.as_ref());
                     std::fs::create_dir_all(&dir).map_err(|e| {
                         CramError::bad_file(&dir, format!("cannot create folder: {e}"))
                     })?;
                     let db = unit_db(&dir, shard);
                     let _lock = RunLock::acquire(&db, opts.wait)?;
                     let mut store = CapacityStore::open(&db)?;
+                    let engine = match &low {
+                        None => base.clone(),
+                        Some(l) => {
+                            let file = unit_basis(&dir, shard);
+                            let b = match basis.take() {
+                                Some(b) if !file.exists() => {
+                                    b.write(&file, l, &identity.weights_sha256)?;
+                                    b
+                                }
+                                _ => crate::lowdim::prepare(
+                                    &base,
+                                    l,
+                                    &identity.weights_sha256,
+                                    &fit,
+                                    &file,
+                                    |_, _| {},
+                                )?,
+                            };
+                            basis = Some(b.clone());
+                            base.clone().with_basis(b)?
+                        }
+                    };
                     let mut settings = capacity::run_settings(&identity, &backend, &engine, &cfg);
                     settings["dataset"] = d.name.clone().into();
                     store.adopt_settings(&settings)?;
@@ -266,8 +369,11 @@ pub fn run(
                         progress.start(summary.texts, summary.already);
                         started = true;
                     }
+                    let what = low.as_ref().map_or(String::new(), |l| {
+                        format!(", z of size {} ({} basis)", l.k, l.basis)
+                    });
                     progress.group(&format!(
-                        "{spec} / {} / {n_mem} vector(s) / {search}",
+                        "{spec} / {} / {n_mem} vector(s){what} / {search}",
                         d.name
                     ));
                     // The texts done before are reported first: not new.

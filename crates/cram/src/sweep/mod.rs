@@ -377,6 +377,7 @@ impl SweepConfig {
             optimizer: self.optimizer.clone(),
             loss: self.loss,
             seed: self.seed,
+            low_dim: None,
         }
     }
 

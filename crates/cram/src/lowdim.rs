@@ -1,0 +1,722 @@
+//! Low-dimensional vectors (`--low-dim K --basis learned|pca:DIR|random`):
+//! each of a text's vectors is `W z + b`, with `z` of size `K` the text's
+//! own parameters and the basis `(W, b)` shared by every text of a run, as
+//! progressive cramming's low-dimensional parametrisation.
+//!
+//! The columns of `W` are orthogonal and of norm `sqrt(width / K)`, so an
+//! AdamW step of a given size in `z` moves the vector about as far as the
+//! same step does in the full space; `z` starts at 0 (the vector at `b`)
+//! unless the initialisation is `randn` (then `z` is `randn × std`, which
+//! gives the vector's coordinates the same spread as a full-space `randn`
+//! start).
+//!
+//! - `random`: `W` orthonormalised Gaussian columns from the run's seed, `b`
+//!   the initialisation's shared start (the mean or a token's embedding; 0
+//!   for `randn`).
+//! - `pca:DIR`: `W` the first `K` principal directions of the vectors of an
+//!   earlier full-dimensional run (a folder of `compress` files or a
+//!   capacity run folder), `b` their mean.
+//! - `learned`: starts as `random`; then `W`, `b` and the `z` of the run's
+//!   first texts (`fit_texts`, cut to `fit_tokens`) are optimised jointly
+//!   until those texts are all right teacher-forced or the protocol's
+//!   `max_steps` ([`learn`]). The basis is then frozen, and every text of
+//!   the run, the fitting texts included, is crammed into its `z` under it:
+//!   a basis that kept moving after a text's decoding was verified would
+//!   no longer decode that text.
+//!
+//! The basis is saved beside the vectors ([`BASIS_FILE`]); a vector file
+//! records its name and SHA-256, and `decompress` reads it.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, OptState, StepItem};
+use crate::error::{CramError, Result};
+use crate::memfile::{self, F32View};
+
+/// The basis file's name in a run or vector folder.
+pub const BASIS_FILE: &str = "basis.safetensors";
+/// The basis file's format tag.
+pub const BASIS_FORMAT: &str = "cram-basis/1";
+const META_KEY: &str = "cram-basis";
+
+/// Where a basis comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BasisKind {
+    /// Trained jointly with the `z` of the run's first texts, then frozen.
+    Learned,
+    /// Fixed orthonormal random directions.
+    Random,
+    /// The principal directions of an earlier run's vectors.
+    Pca(PathBuf),
+}
+
+impl std::str::FromStr for BasisKind {
+    type Err = CramError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "learned" => Ok(Self::Learned),
+            "random" => Ok(Self::Random),
+            other => match other.strip_prefix("pca:") {
+                Some(p) if !p.is_empty() => Ok(Self::Pca(PathBuf::from(p))),
+                _ => Err(CramError::Input(format!(
+                    "unknown basis `{other}` (expected learned, random or pca:RUN_DIR)"
+                ))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for BasisKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Learned => f.write_str("learned"),
+            Self::Random => f.write_str("random"),
+            Self::Pca(p) => write!(f, "pca:{}", p.display()),
+        }
+    }
+}
+
+serde_as_string!(BasisKind);
+
+/// The low-dimensional setting, recorded with the engine's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LowDim {
+    /// Size of each vector's `z`.
+    pub k: usize,
+    /// Where the basis comes from.
+    pub basis: BasisKind,
+    /// `learned`: how many of the run's first texts fit the basis.
+    pub fit_texts: usize,
+    /// `learned`: the fitting texts are cut to this many tokens (`None`:
+    /// whole).
+    pub fit_tokens: Option<usize>,
+}
+
+impl LowDim {
+    /// The first invalid setting for a model of input width `width`, as
+    /// (field, what is wrong).
+    pub fn invalid(&self, width: usize) -> Option<(&'static str, String)> {
+        if self.k == 0 || self.k > width {
+            return Some((
+                "low_dim",
+                format!("must be between 1 and the model's input width {width}"),
+            ));
+        }
+        if self.fit_texts == 0 {
+            return Some(("fit_texts", "must be at least 1".into()));
+        }
+        if self.fit_tokens == Some(0) {
+            return Some(("fit_tokens", "must be at least 1".into()));
+        }
+        None
+    }
+}
+
+/// A basis: vector `r` of a text is `w z_r + b`, `w` row-major
+/// `[width, k]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Basis {
+    /// Size of `z`.
+    pub k: usize,
+    /// The model's input width.
+    pub width: usize,
+    /// The directions, row-major `[width, k]`.
+    pub w: Vec<f32>,
+    /// The offset.
+    pub b: Vec<f32>,
+    /// Joint optimisation steps that fitted it (0 for fixed bases).
+    pub fit_steps: usize,
+}
+
+/// What a basis file records beside the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BasisMeta {
+    format: String,
+    k: usize,
+    width: usize,
+    settings: LowDim,
+    weights_sha256: String,
+    fit_steps: usize,
+    sha256: String,
+}
+
+impl Basis {
+    /// `n` vectors from their `z`, row-major `[n, k]`.
+    pub fn expand(&self, z: &[f32]) -> Vec<f32> {
+        let (k, wd) = (self.k, self.width);
+        let mut out = Vec::with_capacity(z.len() / k * wd);
+        for zr in z.chunks_exact(k) {
+            for (row, &bd) in self.w.chunks_exact(k).zip(&self.b) {
+                out.push(bd + row.iter().zip(zr).map(|(a, b)| a * b).sum::<f32>());
+            }
+        }
+        out
+    }
+
+    /// The gradient with respect to `z` of a gradient `g` with respect to
+    /// the vectors (`Wᵀ g`, row by row).
+    pub fn project(&self, g: &[f32]) -> Vec<f32> {
+        let k = self.k;
+        let mut out = Vec::with_capacity(g.len() / self.width * k);
+        for gr in g.chunks_exact(self.width) {
+            let mut acc = vec![0f32; k];
+            for (row, &gd) in self.w.chunks_exact(k).zip(gr) {
+                for (a, &wv) in acc.iter_mut().zip(row) {
+                    *a += wv * gd;
+                }
+            }
+            out.extend(acc);
+        }
+        out
+    }
+
+    /// Adds the gradient with respect to `w` and `b` of a gradient `g` with
+    /// respect to the vectors of `z` into `gw` and `gb`.
+    fn accumulate(&self, z: &[f32], g: &[f32], gw: &mut [f32], gb: &mut [f32]) {
+        let k = self.k;
+        for (zr, gr) in z.chunks_exact(k).zip(g.chunks_exact(self.width)) {
+            for ((row, b), &gd) in gw.chunks_exact_mut(k).zip(gb.iter_mut()).zip(gr) {
+                *b += gd;
+                for (wv, &zj) in row.iter_mut().zip(zr) {
+                    *wv += gd * zj;
+                }
+            }
+        }
+    }
+
+    /// Orthonormalised Gaussian columns from `seed`, scaled to norm
+    /// `sqrt(width / k)`, around the offset `b`.
+    pub fn random(seed: u64, width: usize, k: usize, b: Vec<f32>) -> Self {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6261_7369_735f_7731);
+        let mut cols: Vec<Vec<f64>> = Vec::with_capacity(k);
+        while cols.len() < k {
+            let mut c: Vec<f64> = (0..width)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect();
+            for prev in &cols {
+                let d: f64 = c.iter().zip(prev).map(|(a, b)| a * b).sum();
+                c.iter_mut().zip(prev).for_each(|(a, p)| *a -= d * p);
+            }
+            let n = c.iter().map(|a| a * a).sum::<f64>().sqrt();
+            if n > 1e-6 {
+                c.iter_mut().for_each(|a| *a /= n);
+                cols.push(c);
+            }
+        }
+        Self::from_columns(&cols, b, width)
+    }
+
+    /// The first `k` principal directions of `points` (full vectors of
+    /// width `width`) around their mean; `source` names them in errors.
+    pub fn pca(points: &[Vec<f64>], k: usize, width: usize, source: &Path) -> Result<Self> {
+        let bad = |msg: String| CramError::bad_file(source, msg);
+        if points.iter().any(|p| p.len() != width) {
+            return Err(bad(format!(
+                "its vectors are not of this model's input width {width}"
+            )));
+        }
+        let pca = crate::ablations::pca::Pca::fit(points, k).ok_or_else(|| {
+            bad(format!(
+                "{} vector(s): a PCA basis needs at least 2",
+                points.len()
+            ))
+        })?;
+        if pca.components.len() < k {
+            return Err(bad(format!(
+                "its {} vector(s) span only {} dimension(s), fewer than --low-dim {k} (a PCA basis of K directions needs at least K + 1 vectors)",
+                points.len(),
+                pca.components.len()
+            )));
+        }
+        let b = pca.mean.iter().map(|&x| x as f32).collect();
+        Ok(Self::from_columns(&pca.components, b, width))
+    }
+
+    fn from_columns(cols: &[Vec<f64>], b: Vec<f32>, width: usize) -> Self {
+        let k = cols.len();
+        let scale = (width as f64 / k as f64).sqrt();
+        let mut w = vec![0f32; width * k];
+        for (j, c) in cols.iter().enumerate() {
+            for (d, &x) in c.iter().enumerate() {
+                w[d * k + j] = (x * scale) as f32;
+            }
+        }
+        Self {
+            k,
+            width,
+            w,
+            b,
+            fit_steps: 0,
+        }
+    }
+
+    /// SHA-256 of the shape and numbers.
+    pub fn sha256(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update((self.k as u64).to_le_bytes());
+        h.update((self.width as u64).to_le_bytes());
+        for x in self.w.iter().chain(&self.b) {
+            h.update(x.to_le_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    /// Writes the basis with the settings and model (weights SHA-256) it
+    /// was made for (aside, then renamed).
+    pub fn write(&self, path: &Path, settings: &LowDim, weights_sha256: &str) -> Result<()> {
+        let meta = BasisMeta {
+            format: BASIS_FORMAT.into(),
+            k: self.k,
+            width: self.width,
+            settings: settings.clone(),
+            weights_sha256: weights_sha256.into(),
+            fit_steps: self.fit_steps,
+            sha256: self.sha256(),
+        };
+        let json = serde_json::to_string(&meta).map_err(|e| CramError::bad_file(path, e))?;
+        let info = HashMap::from([(META_KEY.to_string(), json)]);
+        memfile::write_tensors(
+            path,
+            vec![
+                ("w", F32View::new(vec![self.width, self.k], &self.w)),
+                ("b", F32View::new(vec![self.width], &self.b)),
+            ],
+            info,
+        )
+    }
+
+    /// Reads a basis file, checking its numbers against its SHA-256.
+    /// Returns the basis, the settings and the model's weights SHA-256 it
+    /// was made for.
+    pub fn read(path: &Path) -> Result<(Self, LowDim, String)> {
+        let bad = |msg: String| CramError::bad_file(path, msg);
+        let (tensors, info) = memfile::read_tensors(path, META_KEY, "cram (a basis file)")?;
+        let meta: BasisMeta =
+            serde_json::from_str(&info).map_err(|e| bad(format!("invalid basis metadata: {e}")))?;
+        if meta.format != BASIS_FORMAT {
+            return Err(bad(format!(
+                "unsupported format `{}` (expected {BASIS_FORMAT})",
+                meta.format
+            )));
+        }
+        let take = |name: &str, shape: Vec<usize>| -> Result<Vec<f32>> {
+            match tensors.get(name) {
+                Some((s, v)) if *s == shape => Ok(v.clone()),
+                Some((s, _)) => Err(bad(format!(
+                    "tensor `{name}` has shape {s:?}, expected {shape:?}"
+                ))),
+                None => Err(bad(format!("no `{name}` tensor"))),
+            }
+        };
+        let w = take("w", vec![meta.width, meta.k])?;
+        let b = take("b", vec![meta.width])?;
+        let basis = Self {
+            k: meta.k,
+            width: meta.width,
+            w,
+            b,
+            fit_steps: meta.fit_steps,
+        };
+        if basis.sha256() != meta.sha256 {
+            return Err(bad(format!(
+                "its numbers do not match its recorded sha256 {} (a damaged file)",
+                meta.sha256
+            )));
+        }
+        Ok((basis, meta.settings, meta.weights_sha256))
+    }
+}
+
+/// A text's `z` at the start: `randn × std` from the text's seed stream for
+/// the `randn` initialisation, 0 otherwise.
+pub fn initial_z(engine: &Engine<'_>, index: usize, k: usize) -> Vec<f32> {
+    let cfg = engine.config();
+    let n = cfg.n_mem * k;
+    match cfg.init {
+        crate::engine::Init::Randn => {
+            crate::engine::initial_vectors(cfg.seed, index, n, engine.model().info().embedding_std)
+        }
+        _ => vec![0.0; n],
+    }
+}
+
+/// The full vectors of an earlier run, one point per vector: a capacity
+/// run folder (its texts' horizon checkpoints) or a folder of `compress`
+/// files.
+pub fn points_of(dir: &Path) -> Result<Vec<Vec<f64>>> {
+    let full_only = |what: &Path| {
+        CramError::bad_file(
+            what,
+            "holds low-dimensional vectors; a PCA basis is fitted on full vectors",
+        )
+    };
+    let db = dir.join(crate::capacity::store::CAPACITY_DB);
+    let mut points = Vec::new();
+    if db.is_file() {
+        let store = crate::capacity::CapacityStore::open_read(&db)?;
+        let settings = store.settings()?;
+        let engine = settings.as_ref().map(|s| &s["engine"]);
+        if engine.is_some_and(|e| !e["low_dim"].is_null()) {
+            return Err(full_only(&db));
+        }
+        let n_mem = engine.and_then(|e| e["n_mem"].as_u64()).unwrap_or(1).max(1) as usize;
+        for p in store.load()? {
+            if p.horizon() == 0 {
+                continue;
+            }
+            let w = p.checkpoint.params.len() / n_mem;
+            points.extend(
+                p.checkpoint
+                    .params
+                    .chunks_exact(w)
+                    .map(|r| r.iter().map(|&x| x as f64).collect()),
+            );
+        }
+        return Ok(points);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| CramError::io(dir, e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "safetensors")
+                && p.file_name().is_some_and(|n| n != BASIS_FILE)
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let (v, meta) = memfile::read(&f)?;
+        if meta.config.low_dim.is_some() {
+            return Err(full_only(&f));
+        }
+        points.extend(
+            v.chunks_exact(meta.input_size)
+                .map(|r| r.iter().map(|&x| x as f64).collect()),
+        );
+    }
+    Ok(points)
+}
+
+/// What [`joint_grads`] finds.
+#[derive(Debug, Clone)]
+pub struct JointGrads {
+    /// Per text, its mean loss.
+    pub losses: Vec<f64>,
+    /// Per text, its teacher-forced accuracy.
+    pub accuracies: Vec<f64>,
+    /// Per text, the gradient with respect to its `z`.
+    pub z: Vec<Vec<f32>>,
+    /// The gradient with respect to `w` and `b` (concatenated) of the sum of
+    /// the texts' mean losses.
+    pub basis: Vec<f32>,
+}
+
+/// One joint forward/backward of texts (tokens, embeddings) with their `z`
+/// under `basis`.
+pub fn joint_grads(
+    engine: &Engine<'_>,
+    basis: &Basis,
+    zs: &[&[f32]],
+    texts: &[(&[u32], &candle_core::Tensor)],
+) -> Result<JointGrads> {
+    let vectors: Vec<Vec<f32>> = zs.iter().map(|z| basis.expand(z)).collect();
+    let items: Vec<StepItem<'_>> = vectors
+        .iter()
+        .zip(texts)
+        .map(|(v, (ids, embeds))| StepItem {
+            params: v,
+            ids,
+            embeds,
+        })
+        .collect();
+    let outs = engine.step_vectors(&items)?;
+    let mut gwb = vec![0f32; basis.w.len() + basis.b.len()];
+    let (gw, gb) = gwb.split_at_mut(basis.w.len());
+    let mut gz = Vec::with_capacity(zs.len());
+    for (o, z) in outs.iter().zip(zs) {
+        basis.accumulate(z, &o.grad, gw, gb);
+        gz.push(basis.project(&o.grad));
+    }
+    Ok(JointGrads {
+        losses: outs.iter().map(|o| o.loss).collect(),
+        accuracies: outs.iter().map(|o| o.accuracy).collect(),
+        z: gz,
+        basis: gwb,
+    })
+}
+
+/// Fits a learned basis from `start`: the `z` of `texts` (input position,
+/// tokens) and the basis are optimised jointly with the engine's optimiser
+/// and schedule until every text is right teacher-forced, the loss is not
+/// finite, or the protocol's `max_steps`. `progress` gets the step and the
+/// texts' mean accuracy.
+pub fn learn(
+    engine: &Engine<'_>,
+    start: Basis,
+    texts: &[(usize, Vec<u32>)],
+    mut progress: impl FnMut(usize, f64),
+) -> Result<Basis> {
+    let mut basis = start;
+    let embeds: Vec<candle_core::Tensor> = texts
+        .iter()
+        .map(|(_, ids)| engine.embed_tokens(ids))
+        .collect::<Result<_>>()?;
+    let mut zs: Vec<OptState> = texts
+        .iter()
+        .map(|(i, _)| OptState::start(initial_z(engine, *i, basis.k)))
+        .collect();
+    let mut wb = OptState::start([basis.w.clone(), basis.b.clone()].concat());
+    let refs: Vec<(&[u32], &candle_core::Tensor)> = texts
+        .iter()
+        .zip(&embeds)
+        .map(|((_, ids), e)| (ids.as_slice(), e))
+        .collect();
+    let max_steps = engine.config().optimizer.max_steps;
+    for step in 0..max_steps {
+        let z: Vec<&[f32]> = zs.iter().map(|s| s.params.as_slice()).collect();
+        let g = joint_grads(engine, &basis, &z, &refs)?;
+        basis.fit_steps = step + 1;
+        let n = g.accuracies.len().max(1) as f64;
+        progress(step + 1, g.accuracies.iter().sum::<f64>() / n);
+        if g.accuracies.iter().all(|&a| a >= 1.0) || g.losses.iter().any(|l| !l.is_finite()) {
+            break;
+        }
+        let lr = engine.config().lr_at(wb.t + 1);
+        for (s, gz) in zs.iter_mut().zip(&g.z) {
+            engine.update(s, gz, lr);
+        }
+        engine.update(&mut wb, &g.basis, lr);
+        let (w, b) = wb.params.split_at(basis.w.len());
+        basis.w = w.to_vec();
+        basis.b = b.to_vec();
+    }
+    Ok(basis)
+}
+
+/// The basis of `low` for `engine` (whose settings hold `low`): read from
+/// `file` when it holds one made with the same settings for the same model
+/// (so a resumed run keeps its basis), otherwise made (`learned` fitting on
+/// `fit`, the run's first texts) and written to `file`.
+pub fn prepare(
+    engine: &Engine<'_>,
+    low: &LowDim,
+    weights_sha256: &str,
+    fit: &[(usize, Vec<u32>)],
+    file: &Path,
+    progress: impl FnMut(usize, f64),
+) -> Result<Basis> {
+    let width = engine.model().info().input_size;
+    if let Some((field, msg)) = low.invalid(width) {
+        return Err(CramError::Input(format!(
+            "invalid low-dimensional setting {field}: {msg}"
+        )));
+    }
+    if file.exists() {
+        let (basis, settings, sha) = Basis::read(file)?;
+        if settings == *low && sha == weights_sha256 && basis.width == width {
+            return Ok(basis);
+        }
+        return Err(CramError::bad_file(
+            file,
+            format!(
+                "holds a basis made with other settings ({}, k {}) or for another model; use another output folder or remove it",
+                settings.basis, settings.k
+            ),
+        ));
+    }
+    let offset = match engine.shared_start() {
+        Some(s) => s[..width].to_vec(),
+        None => vec![0.0; width],
+    };
+    let basis = match &low.basis {
+        BasisKind::Random => Basis::random(engine.config().seed, width, low.k, offset),
+        BasisKind::Pca(dir) => Basis::pca(&points_of(dir)?, low.k, width, dir)?,
+        BasisKind::Learned => {
+            let start = Basis::random(engine.config().seed, width, low.k, offset);
+            let texts: Vec<(usize, Vec<u32>)> = fit
+                .iter()
+                .take(low.fit_texts)
+                .map(|(i, ids)| {
+                    let n = low.fit_tokens.map_or(ids.len(), |t| t.min(ids.len()));
+                    (*i, ids[..n].to_vec())
+                })
+                .collect();
+            if texts.is_empty() {
+                return Err(CramError::Input(
+                    "a learned basis needs at least one text to fit it".into(),
+                ));
+            }
+            learn(engine, start, &texts, progress)?
+        }
+    };
+    basis.write(file, low, weights_sha256)?;
+    Ok(basis)
+}
+
+/// The vectors of `params` under an optional basis: `params` itself
+/// without one.
+pub fn vectors<'p>(basis: Option<&Basis>, params: &'p [f32]) -> Cow<'p, [f32]> {
+    match basis {
+        Some(b) => Cow::Owned(b.expand(params)),
+        None => Cow::Borrowed(params),
+    }
+}
+
+/// The `--low-dim` flags of `cram compress` and `cram capacity`.
+#[cfg(feature = "clap")]
+#[derive(clap::Args, Debug, Clone)]
+pub struct LowDimArgs {
+    /// Low-dimensional vectors: each vector is `W z + b` with `z` of size
+    /// K, the basis `(W, b)` shared by the run's texts and saved with them.
+    #[arg(long = "low-dim", value_name = "K")]
+    pub low_dim: Option<usize>,
+    /// The basis: learned (fitted jointly with the run's first --batch
+    /// texts, then frozen), random (fixed orthonormal directions), or
+    /// pca:DIR (the principal directions of the full vectors of an earlier
+    /// compress folder or capacity run).
+    #[arg(
+        long,
+        value_name = "BASIS",
+        default_value = "learned",
+        requires = "low_dim"
+    )]
+    pub basis: BasisKind,
+    /// A learned basis is fitted on the first TOKENS tokens of its texts
+    /// [default: whole texts for compress, 32 for capacity].
+    #[arg(long, value_name = "TOKENS", requires = "low_dim")]
+    pub fit_tokens: Option<usize>,
+}
+
+#[cfg(feature = "clap")]
+impl LowDimArgs {
+    /// The setting, if `--low-dim` is given: a learned basis fits on
+    /// `fit_texts` texts, cut to `--fit-tokens` or `default_fit_tokens`.
+    pub fn setting(&self, fit_texts: usize, default_fit_tokens: Option<usize>) -> Option<LowDim> {
+        self.low_dim.map(|k| LowDim {
+            k,
+            basis: self.basis.clone(),
+            fit_texts: fit_texts.max(1),
+            fit_tokens: self.fit_tokens.or(default_fit_tokens),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Basis {
+        Basis::random(7, 12, 3, (0..12).map(|i| i as f32 * 0.1).collect())
+    }
+
+    #[test]
+    fn random_columns_are_orthogonal_with_the_full_space_step_norm() {
+        let b = small();
+        for i in 0..3 {
+            for j in 0..3 {
+                let d: f32 = (0..12).map(|r| b.w[r * 3 + i] * b.w[r * 3 + j]).sum();
+                let want = if i == j { 12.0 / 3.0 } else { 0.0 };
+                assert!((d - want).abs() < 1e-4, "column {i}·{j} = {d}");
+            }
+        }
+        assert_eq!(b, Basis::random(7, 12, 3, b.b.clone()), "seeded");
+        assert_ne!(b.w, Basis::random(8, 12, 3, b.b.clone()).w);
+    }
+
+    #[test]
+    fn expansion_and_projection_are_adjoint() {
+        let b = small();
+        let z: Vec<f32> = (0..6).map(|i| (i as f32 - 2.5) * 0.3).collect();
+        let g: Vec<f32> = (0..24).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1).collect();
+        let v = b.expand(&z);
+        assert_eq!(v.len(), 24);
+        // <expand(z) - b, g> = <z, project(g)>
+        let lhs: f32 = v
+            .iter()
+            .zip(b.b.iter().cycle())
+            .zip(&g)
+            .map(|((v, b), g)| (v - b) * g)
+            .sum();
+        let rhs: f32 = z.iter().zip(b.project(&g)).map(|(a, b)| a * b).sum();
+        assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+        // d<expand(z), g>/dw = sum_r g_r z_rᵀ, d/db = sum_r g_r.
+        let (mut gw, mut gb) = (vec![0f32; 36], vec![0f32; 12]);
+        b.accumulate(&z, &g, &mut gw, &mut gb);
+        assert!((gw[5 * 3 + 2] - (g[5] * z[2] + g[12 + 5] * z[5])).abs() < 1e-6);
+        assert!((gb[4] - (g[4] + g[16])).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pca_bases_span_the_points_and_refuse_too_few() {
+        let pts: Vec<Vec<f64>> = (0..5)
+            .map(|i| {
+                let t = i as f64;
+                vec![1.0 + t, 2.0 - t, 3.0 + 2.0 * t, 0.5]
+            })
+            .collect();
+        let src = Path::new("earlier-run");
+        let b = Basis::pca(&pts, 1, 4, src).unwrap();
+        // The points lie on one line: mean + z · w reproduces each.
+        for p in &pts {
+            let dir: Vec<f64> = (0..4).map(|d| b.w[d] as f64).collect();
+            let n2: f64 = dir.iter().map(|x| x * x).sum();
+            let z: f64 = p
+                .iter()
+                .zip(&b.b)
+                .zip(&dir)
+                .map(|((x, m), w)| (x - *m as f64) * w)
+                .sum::<f64>()
+                / n2;
+            let back = b.expand(&[z as f32]);
+            for (x, y) in p.iter().zip(back) {
+                assert!((x - y as f64).abs() < 1e-4);
+            }
+        }
+        let e = Basis::pca(&pts, 2, 4, src).unwrap_err().to_string();
+        assert!(
+            e.contains("earlier-run") && e.contains("span only 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn basis_files_round_trip_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(BASIS_FILE);
+        let b = small();
+        let low = LowDim {
+            k: 3,
+            basis: BasisKind::Random,
+            fit_texts: 1,
+            fit_tokens: None,
+        };
+        b.write(&path, &low, "abc").unwrap();
+        let (back, settings, sha) = Basis::read(&path).unwrap();
+        assert_eq!((back, settings, sha.as_str()), (b, low, "abc"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+        let e = Basis::read(&path).unwrap_err().to_string();
+        assert!(e.contains(BASIS_FILE) && e.contains("sha256"), "{e}");
+    }
+
+    #[test]
+    fn basis_kinds_parse() {
+        assert_eq!("learned".parse::<BasisKind>().unwrap(), BasisKind::Learned);
+        assert_eq!(
+            "pca:runs/a".parse::<BasisKind>().unwrap(),
+            BasisKind::Pca("runs/a".into())
+        );
+        assert_eq!(BasisKind::Pca("x".into()).to_string(), "pca:x");
+        assert!("pca:".parse::<BasisKind>().is_err());
+        assert!("svd".parse::<BasisKind>().is_err());
+    }
+}
