@@ -47,14 +47,20 @@ mkdir -p "$OUT"
 python3 scripts/study_texts.py "$DATA" "$NTEXTS" >"$OUT/texts.jsonl"
 MAXL=$(printf '%s\n' $GRID | sort -n | tail -1)
 
-# Lengths the study file already holds for these texts (default protocol).
+# A length the study file already holds for all these texts (default
+# protocol): its rows become OUT/grid-L.jsonl (marked as from the study).
 from_study() { # L
-    [ -n "$GRID_FROM" ] && python3 - "$GRID_FROM" "$MODEL" "$1" "$NTEXTS" <<'PY'
+    [ -n "$GRID_FROM" ] && python3 - "$GRID_FROM" "$MODEL" "$1" "$NTEXTS" "$OUT/grid-$1.jsonl" <<'PY'
 import json, sys
-path, model, L, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-rows = [json.loads(l) for l in open(path)]
-got = {r["text_index"] for r in rows if r["model"] == model and r["tokens"] == L and r["variant"] == "cram"}
-sys.exit(0 if got >= set(range(n)) else 1)
+path, model, L, n, dst = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rows = {r["text_index"]: r for r in map(json.loads, open(path))
+        if r["model"] == model and r["tokens"] == L and r["variant"] == "cram" and r["text_index"] < n}
+if len(rows) < n:
+    sys.exit(1)
+with open(dst, "w") as f:
+    for i in range(n):
+        f.write(json.dumps(dict(rows[i], index=i)) + "\n")
+open(dst + ".from-study", "w").close()
 PY
 }
 search() { # NAME FLAGS...
@@ -87,10 +93,10 @@ fi
 for L in $GRID; do
     if from_study "$L"; then
         echo "grid $L: from $GRID_FROM" >&2
-        rm -f "$OUT/grid-$L.jsonl"
         continue
     fi
     echo "grid $L: cram compress --tokens $L --batch 8 ..." >&2
+    rm -f "$OUT/grid-$L.jsonl.from-study"
     "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/texts.jsonl" --tokens "$L" --batch 8 \
         --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
 done
@@ -105,12 +111,8 @@ gsteps = [0] * n
 sources = []
 for L in grid:
     rows = lines(f"{out}/grid-{L}.jsonl")
-    if rows is None:
-        rows = [dict(r, index=r["text_index"]) for r in map(json.loads, open(study))
-                if r["model"] == model and r["tokens"] == L and r["variant"] == "cram"]
-        sources.append(f"{L} (study)")
-    else:
-        sources.append(str(L))
+    study_made = os.path.exists(f"{out}/grid-{L}.jsonl.from-study")
+    sources.append(f"{L} (study)" if study_made else str(L))
     for r in rows:
         i = r["index"]
         gsteps[i] += r["steps"]
