@@ -53,13 +53,16 @@ from_study() { # L
     [ -n "$GRID_FROM" ] && python3 - "$GRID_FROM" "$MODEL" "$1" "$NTEXTS" "$OUT/grid-$1.jsonl" <<'PY'
 import json, sys
 path, model, L, n, dst = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-rows = {r["text_index"]: r for r in map(json.loads, open(path))
-        if r["model"] == model and r["tokens"] == L and r["variant"] == "cram" and r["text_index"] < n}
-if len(rows) < n:
+# The study's `text_index` is the text's row in DATA; its k-th text (in row
+# order) is text k of texts.jsonl (scripts/study_texts.py picks the same).
+rows = sorted((r for r in map(json.loads, open(path))
+               if r["model"] == model and r["tokens"] == L and r["variant"] == "cram"),
+              key=lambda r: r["text_index"])
+if len(rows) != n:
     sys.exit(1)
 with open(dst, "w") as f:
-    for i in range(n):
-        f.write(json.dumps(dict(rows[i], index=i)) + "\n")
+    for i, r in enumerate(rows):
+        f.write(json.dumps(dict(r, index=i)) + "\n")
 open(dst + ".from-study", "w").close()
 PY
 }
