@@ -337,11 +337,27 @@ fn low_dimensional_capacity_runs_keep_their_basis_and_resume() {
         check_files(&first);
         let again = run(&args);
         assert_eq!(stable(&again), stable(&first), "{basis}");
+        let check = cram(&["check", &out], &[]);
+        assert!(check.status.success(), "{basis}");
         // Another basis in the same run folder is refused.
         let mut other = args.clone();
         let at = other.iter().position(|a| *a == k).unwrap();
         other[at] = "3";
         let o = cram(&other, &[]);
         assert_eq!(o.status.code(), Some(2), "{basis}");
+        // The run's checkpoints need its basis: `cram check` names a
+        // damaged one.
+        let file = Path::new(&out).join("basis.safetensors");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0x10;
+        std::fs::write(&file, bytes).unwrap();
+        let o = cram(&["check", &out], &[]);
+        assert_eq!(o.status.code(), Some(2), "{basis}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("basis.safetensors"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }

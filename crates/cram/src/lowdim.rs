@@ -335,6 +335,20 @@ impl Basis {
     }
 }
 
+/// The basis file of a capacity database: `basis.safetensors` beside
+/// `capacity.sqlite`, `basis-shard-I-of-N.safetensors` beside
+/// `capacity-shard-I-of-N.sqlite`.
+pub fn basis_file(db: &Path) -> PathBuf {
+    let name = db.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let shard = name
+        .strip_prefix("capacity-shard-")
+        .and_then(|r| r.strip_suffix(".sqlite"));
+    db.with_file_name(match shard {
+        Some(s) => format!("basis-shard-{s}.safetensors"),
+        None => BASIS_FILE.to_string(),
+    })
+}
+
 /// A text's `z` at the start: `randn × std` from the text's seed stream for
 /// the `randn` initialisation, 0 otherwise.
 pub fn initial_z(engine: &Engine<'_>, index: usize, k: usize) -> Vec<f32> {
@@ -706,6 +720,18 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let e = Basis::read(&path).unwrap_err().to_string();
         assert!(e.contains(BASIS_FILE) && e.contains("sha256"), "{e}");
+    }
+
+    #[test]
+    fn a_capacity_database_names_its_basis_file() {
+        assert_eq!(
+            basis_file(Path::new("run/capacity.sqlite")),
+            Path::new("run/basis.safetensors")
+        );
+        assert_eq!(
+            basis_file(Path::new("u/capacity-shard-1-of-3.sqlite")),
+            Path::new("u/basis-shard-1-of-3.safetensors")
+        );
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
                 store.adopt_settings(&before)?;
             }
         }
-        let file = args.out.join(lowdim::BASIS_FILE);
+        let file = lowdim::basis_file(&db);
         let fit: Vec<(usize, Vec<u32>)> = texts.iter().map(|t| (t.index, t.ids.clone())).collect();
         let (basis, r) = super::compress::prepare_basis(
             &engine,

@@ -127,7 +127,8 @@ impl CapacityStore {
     }
 
     /// Checks the database (integrity, every stage belongs to a stored
-    /// text, stage numbers without gaps) and counts what it holds.
+    /// text, stage numbers without gaps, the basis of low-dimensional runs
+    /// beside it) and counts what it holds.
     pub fn summary(&self) -> Result<CapacitySummary> {
         let ic = self.integrity_check()?;
         if ic != "ok" {
@@ -165,6 +166,29 @@ impl CapacityStore {
                 &self.path,
                 format!("stage {} of text {} has no text row", s.stage, s.index),
             ));
+        }
+        // Low-dimensional checkpoints mean nothing without their basis.
+        if let Some(sha) = self
+            .settings()?
+            .and_then(|v| v["basis_sha256"].as_str().map(String::from))
+        {
+            let file = crate::lowdim::basis_file(&self.path);
+            if !file.is_file() {
+                return Err(CramError::bad_file(
+                    &self.path,
+                    format!("its basis {} is missing", file.display()),
+                ));
+            }
+            let (basis, _, _) = crate::lowdim::Basis::read(&file)?;
+            if basis.sha256() != sha {
+                return Err(CramError::bad_file(
+                    &file,
+                    format!(
+                        "is not this run's basis (sha256 {}, the run's {sha})",
+                        basis.sha256()
+                    ),
+                ));
+            }
         }
         Ok(CapacitySummary {
             texts: texts.len(),

@@ -193,17 +193,6 @@ pub fn unit_dir(
     ))
 }
 
-/// A unit's basis file for `shard`.
-fn unit_basis(dir: &Path, shard: Option<Shard>) -> PathBuf {
-    match shard {
-        Some(s) if s.count > 1 => dir.join(format!(
-            "basis-shard-{}-of-{}.safetensors",
-            s.index, s.count
-        )),
-        _ => dir.join(crate::lowdim::BASIS_FILE),
-    }
-}
-
 /// A unit's database for `shard`.
 pub fn unit_db(dir: &Path, shard: Option<Shard>) -> PathBuf {
     match shard {
@@ -340,7 +329,7 @@ pub fn run(
                     let engine = match &low {
                         None => base.clone(),
                         Some(l) => {
-                            let file = unit_basis(&dir, shard);
+                            let file = crate::lowdim::basis_file(&db);
                             let b = match basis.take() {
                                 Some(b) if !file.exists() => {
                                     b.write(&file, l, &identity.weights_sha256)?;
