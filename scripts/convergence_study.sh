@@ -40,10 +40,10 @@ stage() {
             'init token=--init token:0' 'betas 0.9/0.99=--beta2 0.99' ;;
         gemma16b) run gemma3-270m 16 'lr 0.03=--lr 0.03 --min-lr 0.003' 'lr 0.01=--lr 0.01 --min-lr 0.001' \
             'init token=--init token:0' 'betas 0.9/0.99=--beta2 0.99' 'lr 0.1=--lr 0.1 --min-lr 0.01' "$PAPER" ;;
-        smol32b) run smollm2-135m 32 'sink none=--sink none' 'betas 0.9/0.99=--beta2 0.99' ;;
+        smol32b) run smollm2-135m 32 'sink none=--sink none' 'betas 0.9/0.99=--beta2 0.99' 'lr 0.03=--lr 0.03 --min-lr 0.003' ;;
         gemma32) run gemma3-270m 32 'cram=' "$PAPER" ;;
         paper32) run smollm2-135m 32 'paper, 1400 steps=--protocol paper --max-steps 1400' ;;
-        long) run smollm2-135m 64 'cram=' && run gemma3-270m 64 'cram=' && run smollm2-135m 128 'cram=' ;;
+        long) run smollm2-135m 64 'cram=' && run gemma3-270m 64 'cram=' && run smollm2-135m 128 'cram=' && run gemma3-270m 128 'cram=' ;;
         *) echo "unknown stage $1" >&2; exit 2 ;;
     esac
 }
