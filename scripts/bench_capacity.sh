@@ -25,6 +25,8 @@
 #   (docs/study/convergence.jsonl): its `cram` cells at the grid's lengths
 #   are used instead of running those lengths again; the table says which]
 #   LOWDIM [1] LOWDIM_K [32] PCA_TEXTS [40]
+#   TABLE_ONLY [0; 1: run nothing, print the table of what OUT holds (a
+#   side that has not finished all texts is left out)]
 #   CRAM [the cram binary; built with cargo if unset]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,7 @@ GRID_FROM=${GRID_FROM:-}
 LOWDIM=${LOWDIM:-1}
 LOWDIM_K=${LOWDIM_K:-32}
 PCA_TEXTS=${PCA_TEXTS:-40}
+TABLE_ONLY=${TABLE_ONLY:-0}
 read -r -a EXTRA <<<"${CAPACITY_FLAGS:-}"
 if [ -z "${CRAM:-}" ]; then
     cargo build --quiet
@@ -73,11 +76,22 @@ search() { # NAME FLAGS...
     "$CRAM" --quiet capacity --model "$MODEL" --input "$OUT/texts.jsonl" --max-tokens "$MAXL" \
         --batch 8 --out "$OUT/$name" --json "${EXTRA[@]}" "$@" >"$OUT/$name.jsonl"
 }
-search gallop --search gallop
-search step1 --search step:1 --start 1
-[ "$PAPER" = 1 ] && search paper --search gallop --protocol paper
-if [ "$LOWDIM" = 1 ]; then
-    python3 - "$DATA" "$PCA_TEXTS" >"$OUT/pca-texts.jsonl" <<'PY'
+if [ "$TABLE_ONLY" != 1 ]; then
+    search gallop --search gallop
+    for L in $GRID; do
+        if from_study "$L"; then
+            echo "grid $L: from $GRID_FROM" >&2
+            continue
+        fi
+        echo "grid $L: cram compress --tokens $L --batch 8 ..." >&2
+        rm -f "$OUT/grid-$L.jsonl.from-study"
+        "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/texts.jsonl" --tokens "$L" --batch 8 \
+            --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
+    done
+    search step1 --search step:1 --start 1
+    [ "$PAPER" = 1 ] && search paper --search gallop --protocol paper
+    if [ "$LOWDIM" = 1 ]; then
+        python3 - "$DATA" "$PCA_TEXTS" >"$OUT/pca-texts.jsonl" <<'PY'
 import csv, json, sys
 csv.field_size_limit(1 << 30)
 rows = list(csv.DictReader(open(sys.argv[1], encoding="utf-8")))
@@ -86,34 +100,28 @@ for k in range(n):
     i = k * len(rows) // n + len(rows) // (2 * n)
     print(json.dumps({"id": rows[i].get("id") or str(i), "text": rows[i]["text"]}))
 PY
-    echo "pca source: cram compress --tokens 16 of $PCA_TEXTS other texts ..." >&2
-    "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/pca-texts.jsonl" --tokens 16 --batch 8 \
-        --json -o "$OUT/pca-source" >"$OUT/pca-source.jsonl"
-    search lowdim-learned --search gallop --low-dim "$LOWDIM_K" --basis learned
-    search lowdim-pca --search gallop --low-dim "$LOWDIM_K" --basis "pca:$OUT/pca-source"
+        echo "pca source: cram compress --tokens 16 of $PCA_TEXTS other texts ..." >&2
+        "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/pca-texts.jsonl" --tokens 16 --batch 8 \
+            --json -o "$OUT/pca-source" >"$OUT/pca-source.jsonl"
+        search lowdim-learned --search gallop --low-dim "$LOWDIM_K" --basis learned
+        search lowdim-pca --search gallop --low-dim "$LOWDIM_K" --basis "pca:$OUT/pca-source"
+    fi
 fi
 
-for L in $GRID; do
-    if from_study "$L"; then
-        echo "grid $L: from $GRID_FROM" >&2
-        continue
-    fi
-    echo "grid $L: cram compress --tokens $L --batch 8 ..." >&2
-    rm -f "$OUT/grid-$L.jsonl.from-study"
-    "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/texts.jsonl" --tokens "$L" --batch 8 \
-        --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
-done
-
-python3 - "$OUT" "$GRID" "$GRID_FROM" "$MODEL" "$NTEXTS" "$LOWDIM_K" <<'PY'
+python3 - "$OUT" "$GRID" "$MODEL" "$NTEXTS" "$LOWDIM_K" <<'PY'
 import json, os, statistics, sys
-out, grid, study, model, n = sys.argv[1], list(map(int, sys.argv[2].split())), sys.argv[3], sys.argv[4], int(sys.argv[5])
+out, grid, model, n, K = sys.argv[1], list(map(int, sys.argv[2].split())), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 def lines(p):
-    return [json.loads(l) for l in open(p)] if os.path.exists(p) else None
-best = [0] * n
-gsteps = [0] * n
-sources = []
+    # A side's rows by text, or None while the side has not finished all
+    # texts (an interrupted run: its table leaves the side out).
+    rows = [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+    return sorted(rows, key=lambda r: r["index"]) if len(rows) == n else None
+best, gsteps, sources, missing = [0] * n, [0] * n, [], []
 for L in grid:
     rows = lines(f"{out}/grid-{L}.jsonl")
+    if rows is None:
+        missing.append(L)
+        continue
     study_made = os.path.exists(f"{out}/grid-{L}.jsonl.from-study")
     sources.append(f"{L} (study)" if study_made else str(L))
     for r in rows:
@@ -121,52 +129,53 @@ for L in grid:
         gsteps[i] += r["steps"]
         if r["exact"]:
             best[i] = max(best[i], L)
-runs = {k: sorted(lines(f"{out}/{k}.jsonl") or [], key=lambda r: r["index"]) for k in ("gallop", "step1", "paper")}
-g, s1, pa = runs["gallop"], runs["step1"], runs["paper"]
-print(f"Model `{model}`, {n} texts, one vector; grid lengths {', '.join(sources)} (500 steps each at most, default protocol).\n")
-head = "| text | grid: longest exact | grid steps | gallop horizon | gallop steps | step:1 horizon | step:1 steps |"
-if pa:
-    head += " paper gallop horizon | paper steps |"
+grid_done = not missing
+names = {"gallop": "gallop", "step1": "step:1", "paper": "paper gallop"}
+runs = {k: v for k in names if (v := lines(f"{out}/{k}.jsonl"))}
+print(f"Model `{model}`, {n} texts, one vector; grid lengths {', '.join(sources) or 'none'} "
+      "(500 steps each at most, default protocol)"
+      + (f"; not run yet: {', '.join(map(str, missing))}" if missing else "") + ".\n")
+if not runs:
+    sys.exit("no capacity search has finished all texts yet")
+ids = next(iter(runs.values()))
+head = "| text | grid: longest exact | grid steps |" + "".join(f" {names[k]} horizon | {names[k]} steps |" for k in runs)
 print(head)
 print("|" + "---|" + "---:|" * (head.count("|") - 2))
 for i in range(n):
-    row = f"| {g[i]['id']} | {best[i]} | {gsteps[i]} | {g[i]['horizon']} | {g[i]['steps']} | {s1[i]['horizon']} | {s1[i]['steps']} |"
-    if pa:
-        row += f" {pa[i]['horizon']} | {pa[i]['steps']} |"
-    print(row)
+    print(f"| {ids[i]['id']} | {best[i]} | {gsteps[i]} |" + "".join(f" {rs[i]['horizon']} | {rs[i]['steps']} |" for rs in runs.values()))
 mean = lambda rs: statistics.mean(r["horizon"] for r in rs)
 tot = lambda rs: sum(r["steps"] for r in rs)
 secs = lambda rs: sum(r["seconds"] for r in rs)
-row = f"| **all** | mean {statistics.mean(best):.1f} | {sum(gsteps)} | mean {mean(g):.1f} | {tot(g)} | mean {mean(s1):.1f} | {tot(s1)} |"
-if pa:
-    row += f" mean {mean(pa):.1f} | {tot(pa)} |"
-print(row)
-ge = sum(g[i]["horizon"] >= best[i] for i in range(n))
-print(f"\n- gallop horizon ≥ the grid's longest exact length: {ge}/{n} texts (target ≥ {n - n // 8})")
-print(f"- optimisation steps, grid / gallop: {sum(gsteps) / tot(g):.2f}× (target ≥ 3×)")
-print(f"- mean horizon, gallop vs step:1: {mean(g):.1f} vs {mean(s1):.1f} ({100 * (mean(g) - mean(s1)) / mean(s1):+.1f}%, target within ±10%)")
-print(f"- optimisation steps, step:1 / gallop: {tot(s1) / tot(g):.2f}× (target ≥ 1.5×)")
-print(f"- seconds in a batch (sum over texts): gallop {secs(g):.0f}, step:1 {secs(s1):.0f}")
-if pa:
+print(f"| **all** | mean {statistics.mean(best):.1f} | {sum(gsteps)} |" + "".join(f" mean {mean(rs):.1f} | {tot(rs)} |" for rs in runs.values()))
+print()
+g, s1, pa = runs.get("gallop"), runs.get("step1"), runs.get("paper")
+if g and grid_done:
+    ge = sum(g[i]["horizon"] >= best[i] for i in range(n))
+    print(f"- gallop horizon ≥ the grid's longest exact length: {ge}/{n} texts (target ≥ {n - n // 8})")
+    print(f"- optimisation steps, grid / gallop: {sum(gsteps) / tot(g):.2f}× (target ≥ 3×)")
+if g and s1:
+    print(f"- mean horizon, gallop vs step:1: {mean(g):.1f} vs {mean(s1):.1f} ({100 * (mean(g) - mean(s1)) / mean(s1):+.1f}%, target within ±10%)")
+    print(f"- optimisation steps, step:1 / gallop: {tot(s1) / tot(g):.2f}× (target ≥ 1.5×)")
+print("- seconds in a batch (sum over texts): " + ", ".join(f"{names[k]} {secs(rs):.0f}" for k, rs in runs.items()))
+if g and pa:
     print(f"- mean horizon, default protocol / paper protocol (gallop): {mean(g):.1f} / {mean(pa):.1f} = {mean(g) / max(mean(pa), 1e-9):.2f}×")
-low = {k: sorted(lines(f"{out}/lowdim-{k}.jsonl") or [], key=lambda r: r["index"]) for k in ("learned", "pca")}
-if low["learned"] or low["pca"]:
+low = {k: v for k in ("learned", "pca") if (v := lines(f"{out}/lowdim-{k}.jsonl"))}
+if g and low:
     def fit_steps(k):
         # The basis file's header (safetensors: 8-byte length, then JSON).
         p = f"{out}/lowdim-{k}/basis.safetensors"
         if not os.path.exists(p):
-            return None
+            return "–"
         with open(p, "rb") as f:
             n_head = int.from_bytes(f.read(8), "little")
             head = json.loads(f.read(n_head))
         return json.loads(head["__metadata__"]["cram-basis"])["fit_steps"]
-    K = sys.argv[6]
     print(f"\nLow-dimensional vectors (gallop, z of size {K}), same texts:\n")
     print("| vectors | mean horizon | median horizon | steps (all texts) | basis fitting steps |")
     print("|---|---:|---:|---:|---:|")
     med = lambda rs: statistics.median(r["horizon"] for r in rs)
-    print(f"| full ({len(g)} texts) | {mean(g):.1f} | {med(g)} | {tot(g)} | – |")
+    print(f"| full | {mean(g):.1f} | {med(g)} | {tot(g)} | – |")
     for k, name in (("learned", "learned basis"), ("pca", "PCA basis")):
-        if low[k]:
-            print(f"| {name} ({len(low[k])} texts) | {mean(low[k]):.1f} | {med(low[k])} | {tot(low[k])} | {fit_steps(k)} |")
+        if k in low:
+            print(f"| {name} | {mean(low[k]):.1f} | {med(low[k])} | {tot(low[k])} | {fit_steps(k)} |")
 PY
