@@ -13,9 +13,12 @@
 #            PCA basis of the vectors of PCA_TEXTS other texts of DATA
 #            (`cram compress --tokens 16`, rows between the study's);
 #            printed as a second table beside the full vectors' gallop.
-# Every side is run by this build of cram on the same texts; the script
-# prints a Markdown table and the ratios issue 14 asks for. Step counts do
-# not depend on the machine's load; seconds do.
+# Every side runs on the same texts; the script prints a Markdown table and
+# the ratios issue 14 asks for. Step counts do not depend on the machine's
+# load; seconds do. A side that finishes all texts is kept in KEEP (its
+# JSONL rows, committed), and a later run of the script takes it from there
+# instead of running it again, so the benchmark can be completed over
+# several sittings; KEEP= runs every side with this build.
 #
 # Usage: bash scripts/bench_capacity.sh
 # Environment: MODEL [smollm2-135m] TEXTS [8] DATA [../shared/data/pg19_standin.csv]
@@ -27,6 +30,7 @@
 #   LOWDIM [1] LOWDIM_K [32] PCA_TEXTS [40]
 #   TABLE_ONLY [0; 1: run nothing, print the table of what OUT holds (a
 #   side that has not finished all texts is left out)]
+#   KEEP [docs/study/capacity/MODEL; empty: keep nothing]
 #   CRAM [the cram binary; built with cargo if unset]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +45,7 @@ LOWDIM=${LOWDIM:-1}
 LOWDIM_K=${LOWDIM_K:-32}
 PCA_TEXTS=${PCA_TEXTS:-40}
 TABLE_ONLY=${TABLE_ONLY:-0}
+KEEP=${KEEP-docs/study/capacity/$MODEL}
 read -r -a EXTRA <<<"${CAPACITY_FLAGS:-}"
 if [ -z "${CRAM:-}" ]; then
     cargo build --quiet
@@ -69,12 +74,44 @@ with open(dst, "w") as f:
 open(dst + ".from-study", "w").close()
 PY
 }
+# A side KEEP holds for all texts (the same ids as OUT/texts.jsonl): copied
+# into OUT (true), or false.
+kept() { # NAME
+    [ -n "$KEEP" ] && [ -f "$KEEP/$1.jsonl" ] || return 1
+    python3 - "$KEEP/$1.jsonl" "$OUT/texts.jsonl" <<'PY' || return 1
+import json, sys
+rows = sorted(map(json.loads, open(sys.argv[1])), key=lambda r: r["index"])
+texts = [json.loads(l) for l in open(sys.argv[2])]
+ids = [r.get("id") for r in rows]
+if "id" in rows[0] and ids != [t["id"] for t in texts] or len(rows) != len(texts):
+    sys.exit(1)
+PY
+    cp "$KEEP/$1".* "$OUT/"
+    echo "$1: kept in $KEEP" >&2
+}
+# A side that finished all texts: its files OUT/NAME.* copied into KEEP.
+keep() { # NAME
+    [ -n "$KEEP" ] && [ "$(wc -l <"$OUT/$1.jsonl")" -eq "$NTEXTS" ] || return 0
+    mkdir -p "$KEEP"
+    cp "$OUT/$1".* "$KEEP/"
+}
 search() { # NAME FLAGS...
     local name=$1
     shift
+    kept "$name" && return 0
     echo "capacity $name ..." >&2
     "$CRAM" --quiet capacity --model "$MODEL" --input "$OUT/texts.jsonl" --max-tokens "$MAXL" \
         --batch 8 --out "$OUT/$name" --json "${EXTRA[@]}" "$@" >"$OUT/$name.jsonl"
+    if [ -f "$OUT/$name/basis.safetensors" ]; then
+        # The basis's fitting steps (safetensors: 8-byte length, then JSON).
+        python3 - "$OUT/$name/basis.safetensors" >"$OUT/$name.fit-steps" <<'PY'
+import json, sys
+with open(sys.argv[1], "rb") as f:
+    head = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+print(json.loads(head["__metadata__"]["cram-basis"])["fit_steps"])
+PY
+    fi
+    keep "$name"
 }
 if [ "$TABLE_ONLY" != 1 ]; then
     search gallop --search gallop
@@ -83,14 +120,19 @@ if [ "$TABLE_ONLY" != 1 ]; then
             echo "grid $L: from $GRID_FROM" >&2
             continue
         fi
-        echo "grid $L: cram compress --tokens $L --batch 8 ..." >&2
         rm -f "$OUT/grid-$L.jsonl.from-study"
+        kept "grid-$L" && continue
+        echo "grid $L: cram compress --tokens $L --batch 8 ..." >&2
         "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/texts.jsonl" --tokens "$L" --batch 8 \
             --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
+        keep "grid-$L"
     done
     search step1 --search step:1 --start 1
     [ "$PAPER" = 1 ] && search paper --search gallop --protocol paper
     if [ "$LOWDIM" = 1 ]; then
+        search lowdim-learned --search gallop --low-dim "$LOWDIM_K" --basis learned
+    fi
+    if [ "$LOWDIM" = 1 ] && ! kept lowdim-pca; then
         python3 - "$DATA" "$PCA_TEXTS" >"$OUT/pca-texts.jsonl" <<'PY'
 import csv, json, sys
 csv.field_size_limit(1 << 30)
@@ -103,17 +145,18 @@ PY
         echo "pca source: cram compress --tokens 16 of $PCA_TEXTS other texts ..." >&2
         "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/pca-texts.jsonl" --tokens 16 --batch 8 \
             --json -o "$OUT/pca-source" >"$OUT/pca-source.jsonl"
-        search lowdim-learned --search gallop --low-dim "$LOWDIM_K" --basis learned
         search lowdim-pca --search gallop --low-dim "$LOWDIM_K" --basis "pca:$OUT/pca-source"
     fi
 fi
 
-python3 - "$OUT" "$GRID" "$MODEL" "$NTEXTS" "$LOWDIM_K" <<'PY'
+python3 - "$OUT" "$GRID" "$MODEL" "$NTEXTS" "$LOWDIM_K" "$KEEP" <<'PY'
 import json, os, statistics, sys
-out, grid, model, n, K = sys.argv[1], list(map(int, sys.argv[2].split())), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+out, grid, model, n, K, keep = sys.argv[1], list(map(int, sys.argv[2].split())), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
 def lines(p):
-    # A side's rows by text, or None while the side has not finished all
-    # texts (an interrupted run: its table leaves the side out).
+    # A side's rows by text (from OUT, else from KEEP), or None while the
+    # side has not finished all texts (its table leaves the side out).
+    if not os.path.exists(p) and keep:
+        p = os.path.join(keep, os.path.basename(p))
     rows = [json.loads(l) for l in open(p)] if os.path.exists(p) else []
     return sorted(rows, key=lambda r: r["index"]) if len(rows) == n else None
 best, gsteps, sources, missing = [0] * n, [0] * n, [], []
@@ -162,14 +205,10 @@ if g and pa:
 low = {k: v for k in ("learned", "pca") if (v := lines(f"{out}/lowdim-{k}.jsonl"))}
 if g and low:
     def fit_steps(k):
-        # The basis file's header (safetensors: 8-byte length, then JSON).
-        p = f"{out}/lowdim-{k}/basis.safetensors"
-        if not os.path.exists(p):
-            return "–"
-        with open(p, "rb") as f:
-            n_head = int.from_bytes(f.read(8), "little")
-            head = json.loads(f.read(n_head))
-        return json.loads(head["__metadata__"]["cram-basis"])["fit_steps"]
+        p = f"{out}/lowdim-{k}.fit-steps"
+        if not os.path.exists(p) and keep:
+            p = f"{keep}/lowdim-{k}.fit-steps"
+        return open(p).read().strip() if os.path.exists(p) else "–"
     print(f"\nLow-dimensional vectors (gallop, z of size {K}), same texts:\n")
     print("| vectors | mean horizon | median horizon | steps (all texts) | basis fitting steps |")
     print("|---|---:|---:|---:|---:|")
