@@ -39,8 +39,9 @@ const FAST: &[&str] = &[
     "6",
 ];
 
-fn compress(dir: &Path, model: &str, extra: &[&str]) -> (PathBuf, serde_json::Value) {
-    let out = dir.join("mem.safetensors");
+/// Runs `cram compress --model MODEL -o OUT --json` with [`FAST`] and
+/// `extra`: its JSON lines, or the failed output.
+fn run_compress(model: &str, out: &Path, extra: &[&str]) -> Result<Vec<serde_json::Value>, Output> {
     let mut args = vec![
         "compress",
         "--model",
@@ -52,15 +53,26 @@ fn compress(dir: &Path, model: &str, extra: &[&str]) -> (PathBuf, serde_json::Va
     args.extend_from_slice(FAST);
     args.extend_from_slice(extra);
     let o = cram(&args);
-    assert!(o.status.success(), "compress failed: {}", stderr(&o));
-    let stdout = String::from_utf8(o.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
+    if !o.status.success() {
+        return Err(o);
+    }
+    Ok(String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect())
+}
+
+fn compress(dir: &Path, model: &str, extra: &[&str]) -> (PathBuf, serde_json::Value) {
+    let out = dir.join("mem.safetensors");
+    let mut lines = run_compress(model, &out, extra)
+        .unwrap_or_else(|o| panic!("compress failed: {}", stderr(&o)));
     assert_eq!(
         lines.len(),
         1,
-        "--json prints one object per text and nothing else: {stdout}"
+        "--json prints one object per text and nothing else: {lines:?}"
     );
-    (out, serde_json::from_str(lines[0]).unwrap())
+    (out, lines.remove(0))
 }
 
 #[test]
@@ -211,29 +223,9 @@ fn compress_many(
     model: &str,
     extra: &[&str],
 ) -> Result<Vec<serde_json::Value>, Output> {
-    let mut args = vec![
-        "compress",
-        "--model",
-        model,
-        "--input",
-        input.to_str().unwrap(),
-        "--batch",
-        "2",
-        "-o",
-        out.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(FAST);
+    let mut args = vec!["--input", input.to_str().unwrap(), "--batch", "2"];
     args.extend_from_slice(extra);
-    let o = cram(&args);
-    if !o.status.success() {
-        return Err(o);
-    }
-    Ok(String::from_utf8(o.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect())
+    run_compress(model, out, &args)
 }
 
 #[test]
