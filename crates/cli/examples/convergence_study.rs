@@ -63,6 +63,7 @@ struct VariantFlags {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    cram::blas::restart_with_better_core(cram::kernels::Kernels::default().blas());
     if let Some(t) = &a.table {
         print!("{}", table(t)?);
         return Ok(());

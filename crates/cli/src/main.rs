@@ -283,7 +283,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match settings::init_kernels(&cli.kernels).and_then(|()| run(cli)) {
+    if let Err(e) = settings::init_kernels(&cli.kernels) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    cram::blas::restart_with_better_core(settings::kernels().blas());
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

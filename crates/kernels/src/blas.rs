@@ -13,7 +13,8 @@
 //! any thread starts; the library never changes the environment.
 
 use std::collections::HashMap;
-use std::os::raw::c_int;
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -37,6 +38,14 @@ type SgemmFn = unsafe extern "C" fn(
 );
 
 type SetThreadsFn = unsafe extern "C" fn(c_int);
+
+type CoreNameFn = unsafe extern "C" fn() -> *const c_char;
+
+/// The kernels OpenBLAS falls back to on an x86 CPU it does not recognise
+/// (one newer than the library, such as Debian 12's OpenBLAS 0.3.21 on
+/// Emerald Rapids): SSE3 only, several times slower than the AVX2 or
+/// AVX-512 kernels the CPU could run.
+const FALLBACK_CORE: &str = "Prescott";
 
 /// Products with fewer rows than this are split into column blocks over the
 /// rayon pool (one single-threaded BLAS call per block); larger ones run as
@@ -80,6 +89,9 @@ pub struct Blas {
     set_threads: Option<SetThreadsFn>,
     /// The thread count last given to `set_threads` (0: never set).
     threads: AtomicUsize,
+    /// `openblas_get_corename`: the kernel family the library chose for
+    /// this CPU, when the library says.
+    core: Option<String>,
     /// Held for the whole of each product: OpenBLAS's thread count is one
     /// process-wide setting, and its results depend on it for some shapes, so
     /// concurrent callers (tests, or several engines in one process) take
@@ -137,9 +149,17 @@ fn open(name: &str) -> Option<Blas> {
             .get::<SetThreadsFn>(b"openblas_set_num_threads\0")
             .ok()
             .map(|f| *f);
+        let core = lib
+            .get::<CoreNameFn>(b"openblas_get_corename\0")
+            .ok()
+            .and_then(|f| {
+                let p = f();
+                (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+            });
         Some(Blas {
             sgemm,
             set_threads,
+            core,
             threads: AtomicUsize::new(0),
             lock: Mutex::new(()),
             name: name.to_string(),
@@ -154,11 +174,90 @@ impl Blas {
         &self.name
     }
 
+    /// The kernel family OpenBLAS chose for this CPU (`Haswell`,
+    /// `SkylakeX`, ...), when the library says.
+    pub fn core(&self) -> Option<&str> {
+        self.core.as_deref()
+    }
+
+    /// When the library fell back to its generic kernels on a CPU that runs
+    /// AVX2 or AVX-512 ones: the core to ask for with `OPENBLAS_CORETYPE`
+    /// (read by OpenBLAS when it is loaded, so only a program starting
+    /// afresh can act on it).
+    pub fn better_core(&self) -> Option<&'static str> {
+        better_core(self.core(), cpu_core())
+    }
+
     /// Whether products can be split into single-threaded column blocks
     /// (the library's thread count can be set).
     pub fn can_split(&self) -> bool {
         self.set_threads.is_some()
     }
+}
+
+/// The OpenBLAS kernel family whose `sgemm` this CPU runs: `SkylakeX` with
+/// AVX-512 (F, CD, BW, DQ, VL), `Haswell` with AVX2 and FMA, else none.
+pub fn cpu_core() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f")
+            && has!("avx512cd")
+            && has!("avx512bw")
+            && has!("avx512dq")
+            && has!("avx512vl")
+        {
+            return Some("SkylakeX");
+        }
+        if has!("avx2") && has!("fma") {
+            return Some("Haswell");
+        }
+    }
+    None
+}
+
+/// For programs, after the kernels are resolved and before any work: when
+/// `blas` is an OpenBLAS that fell back to its generic kernels on a CPU
+/// that runs AVX2 or AVX-512 ones ([`Blas::better_core`]; several times
+/// slower products), replaces the process with a fresh start of the same
+/// program (same arguments and standard streams) under
+/// `OPENBLAS_CORETYPE`, which OpenBLAS reads only when it is loaded. A
+/// variable the user set is left alone; the library itself never calls
+/// this. Returns when there is nothing to do, or when the restart failed
+/// (with a warning).
+pub fn restart_with_better_core(blas: Option<&'static Blas>) {
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return;
+    }
+    let Some((blas, core)) = blas.and_then(|b| b.better_core().map(|c| (b, c))) else {
+        return;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        tracing::info!(
+            "{} chose its generic {FALLBACK_CORE} kernels on this CPU; restarting with OPENBLAS_CORETYPE={core}",
+            blas.name()
+        );
+        let err = match std::env::current_exe() {
+            Ok(exe) => std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env("OPENBLAS_CORETYPE", core)
+                .exec(),
+            Err(e) => e,
+        };
+        tracing::warn!(
+            "could not restart with OPENBLAS_CORETYPE={core} ({err}): f32 products run on {}'s generic kernels",
+            blas.name()
+        );
+    }
+}
+
+/// The core to ask for instead of `core` on a CPU that runs `cpu`'s
+/// kernels: only when `core` is OpenBLAS's fallback.
+fn better_core(core: Option<&str>, cpu: Option<&'static str>) -> Option<&'static str> {
+    core.filter(|c| c.eq_ignore_ascii_case(FALLBACK_CORE))
+        .and(cpu)
 }
 
 /// A raw pointer that may cross threads; each thread writes its own block.
@@ -320,5 +419,28 @@ impl Blas {
         // (the blocks cover every column) and read none before writing.
         unsafe { out.set_len(m * n) };
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_fallback_core_is_replaced_and_only_by_a_better_one() {
+        assert_eq!(
+            better_core(Some("Prescott"), Some("SkylakeX")),
+            Some("SkylakeX")
+        );
+        assert_eq!(
+            better_core(Some("PRESCOTT"), Some("Haswell")),
+            Some("Haswell")
+        );
+        // A CPU without AVX2: the fallback is what it runs.
+        assert_eq!(better_core(Some("Prescott"), None), None);
+        // A core the library chose itself, or a library that does not say.
+        assert_eq!(better_core(Some("Haswell"), Some("SkylakeX")), None);
+        assert_eq!(better_core(Some("Zen"), Some("Haswell")), None);
+        assert_eq!(better_core(None, Some("SkylakeX")), None);
     }
 }

@@ -108,6 +108,7 @@ impl Kernels {
             blas: self
                 .blas
                 .map_or("off".to_string(), |b| b.name().to_string()),
+            blas_core: self.blas.and_then(|b| b.core().map(str::to_string)),
             blas_split: self.blas_split(),
         }
     }
@@ -139,6 +140,10 @@ pub struct KernelsRecord {
     pub fused: bool,
     /// The BLAS library (as loaded), or `off`.
     pub blas: String,
+    /// The BLAS library's kernel family (OpenBLAS's core name), when it
+    /// says (absent in records written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blas_core: Option<String>,
     /// Small BLAS products were split over the rayon pool.
     pub blas_split: bool,
 }
@@ -151,7 +156,12 @@ impl std::fmt::Display for KernelsRecord {
             lib => write!(
                 f,
                 "{fused} kernels, BLAS {lib}{}",
-                if self.blas_split { " (split)" } else { "" }
+                match (&self.blas_core, self.blas_split) {
+                    (Some(c), true) => format!(" ({c} kernels, split)"),
+                    (Some(c), false) => format!(" ({c} kernels)"),
+                    (None, true) => " (split)".to_string(),
+                    (None, false) => String::new(),
+                }
             ),
         }
     }
