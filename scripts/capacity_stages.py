@@ -20,3 +20,8 @@ for t in sorted(st):
     cells=", ".join(f"{L}→{pre}{'' if ex else '✗'} ({steps})" for L,pre,ex,steps in ss)
     print(f"| {texts[t]['id']} | {cells} | {h}{'' if d else ' (running)'} | {n} |")
 print(f"| **all** | | mean {sum(done[t][0] for t in st)/len(st):.1f} | {tot} |")
+rows = [(t, *s) for t in sorted(st) for s in st[t]]
+failed = sum(r[4] for r in rows if not r[3])
+near = sum(r[4] for r in rows if not r[3] and r[1] - done[r[0]][0] <= 4)
+print(f"\nsteps of stages that succeeded: {tot - failed}; failed: {failed}; "
+      f"failed within 4 tokens of the final horizon: {near} ({100 * near / tot:.0f}%)")
