@@ -5,6 +5,7 @@
 #            protocol; a text's result is its longest exact length; its cost
 #            the steps of all lengths;
 #   gallop   `cram capacity --search gallop` (default protocol);
+#   climb    `cram capacity --search climb` (default protocol);
 #   step:1   `cram capacity --search step:1 --start 1` (progressive
 #            cramming's growth);
 #   paper    `cram capacity --search gallop --protocol paper` (PAPER=1);
@@ -115,6 +116,7 @@ PY
 }
 if [ "$TABLE_ONLY" != 1 ]; then
     search gallop --search gallop
+    search climb --search climb
     for L in $GRID; do
         if from_study "$L"; then
             echo "grid $L: from $GRID_FROM" >&2
@@ -173,7 +175,7 @@ for L in grid:
         if r["exact"]:
             best[i] = max(best[i], L)
 grid_done = not missing
-names = {"gallop": "gallop", "step1": "step:1", "paper": "paper gallop"}
+names = {"gallop": "gallop", "climb": "climb", "step1": "step:1", "paper": "paper gallop"}
 runs = {k: v for k in names if (v := lines(f"{out}/{k}.jsonl"))}
 print(f"Model `{model}`, {n} texts, one vector; grid lengths {', '.join(sources) or 'none'} "
       "(500 steps each at most, default protocol)"
@@ -192,13 +194,16 @@ secs = lambda rs: sum(r["seconds"] for r in rs)
 print(f"| **all** | mean {statistics.mean(best):.1f} | {sum(gsteps)} |" + "".join(f" mean {mean(rs):.1f} | {tot(rs)} |" for rs in runs.values()))
 print()
 g, s1, pa = runs.get("gallop"), runs.get("step1"), runs.get("paper")
-if g and grid_done:
-    ge = sum(g[i]["horizon"] >= best[i] for i in range(n))
-    print(f"- gallop horizon ≥ the grid's longest exact length: {ge}/{n} texts (target ≥ {n - n // 8})")
-    print(f"- optimisation steps, grid / gallop: {sum(gsteps) / tot(g):.2f}× (target ≥ 3×)")
-if g and s1:
-    print(f"- mean horizon, gallop vs step:1: {mean(g):.1f} vs {mean(s1):.1f} ({100 * (mean(g) - mean(s1)) / mean(s1):+.1f}%, target within ±10%)")
-    print(f"- optimisation steps, step:1 / gallop: {tot(s1) / tot(g):.2f}× (target ≥ 1.5×)")
+# Issue 14's ratios, for each search that doubles (gallop, climb).
+for k in ("gallop", "climb"):
+    rs = runs.get(k)
+    if rs and grid_done:
+        ge = sum(rs[i]["horizon"] >= best[i] for i in range(n))
+        print(f"- {k} horizon ≥ the grid's longest exact length: {ge}/{n} texts (target ≥ {n - n // 8})")
+        print(f"- optimisation steps, grid / {k}: {sum(gsteps) / tot(rs):.2f}× (target ≥ 3×)")
+    if rs and s1:
+        print(f"- mean horizon, {k} vs step:1: {mean(rs):.1f} vs {mean(s1):.1f} ({100 * (mean(rs) - mean(s1)) / mean(s1):+.1f}%, target within ±10%)")
+        print(f"- optimisation steps, step:1 / {k}: {tot(s1) / tot(rs):.2f}× (target ≥ 1.5×)")
 print("- seconds in a batch (sum over texts): " + ", ".join(f"{names[k]} {secs(rs):.0f}" for k, rs in runs.items()))
 if g and pa:
     print(f"- mean horizon, default protocol / paper protocol (gallop): {mean(g):.1f} / {mean(pa):.1f} = {mean(g) / max(mean(pa), 1e-9):.2f}×")

@@ -55,7 +55,7 @@ enum Command {
     },
     /// Find how many tokens each text's vectors hold: the horizon, the
     /// longest prefix greedy decoding reproduces, by a resumable stage
-    /// search (gallop or step:K) with warm starts.
+    /// search (gallop, climb or step:K) with warm starts.
     Capacity {
         #[command(flatten)]
         model: ModelArgs,

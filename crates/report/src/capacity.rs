@@ -330,6 +330,7 @@ mod tests {
                 hi: Some(lo + 1),
                 target: lo + 1,
                 done: true,
+                climb: 0,
             },
             stages: 4,
             steps: 100,

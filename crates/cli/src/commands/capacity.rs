@@ -33,12 +33,14 @@ pub struct CapacityArgs {
     /// [default: as many as the model's context allows].
     #[arg(long, value_name = "L")]
     pub max_tokens: Option<usize>,
-    /// gallop (double the target while stages succeed, then bisect) or
-    /// step:K (grow by K tokens per stage, stop at the first failure).
+    /// gallop (double the target while stages succeed, then bisect), climb
+    /// (double while stages succeed; after a failure, climb from the
+    /// verified prefix by 1, 2, 4, ... tokens, back to 1 after each failure)
+    /// or step:K (grow by K tokens per stage, stop at the first failure).
     #[arg(long, default_value = "gallop")]
     pub search: Search,
-    /// The first stage's target in tokens [default: 8 for gallop, K for
-    /// step:K].
+    /// The first stage's target in tokens [default: 8 for gallop and
+    /// climb, K for step:K].
     #[arg(long, value_name = "TOKENS")]
     pub start: Option<usize>,
     /// Most optimisation steps of one stage.

@@ -1,8 +1,8 @@
 //! How a capacity search chooses its next target length.
 //!
 //! A text's search keeps `lo`, the longest prefix verified by greedy
-//! decoding so far, and (gallop) `hi`, the shortest target a stage failed
-//! to reach. After each stage it is told the stage's target and the prefix
+//! decoding so far, and (gallop, climb) `hi`, the shortest target a stage
+//! failed to reach. After each stage it is told the stage's target and the prefix
 //! that greedy decoding of the stage's best vectors reproduced (the target
 //! itself when the stage succeeded), and picks the next target or stops.
 
@@ -19,15 +19,22 @@ pub enum Search {
     /// `gallop`: double the target while stages succeed, then bisect
     /// between the longest verified prefix and the shortest failed target.
     Gallop,
+    /// `climb`: double the target while stages succeed; after a failure,
+    /// climb from the longest verified prefix by 1, 2, 4, ... tokens (below
+    /// the shortest failed target), back to 1 after every failure. Its
+    /// probes stay just above the verified prefix, where a warm start
+    /// succeeds in few steps, instead of the bracket's midpoint, where a
+    /// failed stage costs at least the stage patience.
+    Climb,
 }
 
 impl Search {
     /// The first target when `--start` is not given: K for `step:K`, 8
-    /// tokens for `gallop`.
+    /// tokens for `gallop` and `climb`.
     pub fn default_start(self) -> usize {
         match self {
             Self::Step(k) => k,
-            Self::Gallop => 8,
+            Self::Gallop | Self::Climb => 8,
         }
     }
 }
@@ -36,13 +43,15 @@ impl std::str::FromStr for Search {
     type Err = CramError;
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim();
-        if s == "gallop" {
-            return Ok(Self::Gallop);
+        match s {
+            "gallop" => return Ok(Self::Gallop),
+            "climb" => return Ok(Self::Climb),
+            _ => {}
         }
         match s.strip_prefix("step:").map(str::parse::<usize>) {
             Some(Ok(k)) if k > 0 => Ok(Self::Step(k)),
             _ => Err(CramError::Input(format!(
-                "unknown search `{s}` (expected gallop or step:K with K >= 1)"
+                "unknown search `{s}` (expected gallop, climb or step:K with K >= 1)"
             ))),
         }
     }
@@ -53,6 +62,7 @@ impl std::fmt::Display for Search {
         match self {
             Self::Step(k) => write!(f, "step:{k}"),
             Self::Gallop => f.write_str("gallop"),
+            Self::Climb => f.write_str("climb"),
         }
     }
 }
@@ -64,12 +74,17 @@ serde_as_string!(Search);
 pub struct SearchState {
     /// The longest prefix verified by greedy decoding (the horizon so far).
     pub lo: usize,
-    /// The shortest target a stage failed to reach (gallop), if any.
+    /// The shortest target a stage failed to reach (gallop, climb), if any.
     pub hi: Option<usize>,
     /// The next stage's target length.
     pub target: usize,
     /// Whether the search is over.
     pub done: bool,
+    /// `climb`: how far above the verified prefix the next probe after a
+    /// success goes (1 after a failure, doubled by every success; 0 before
+    /// the first failure). Stores written before `climb` existed have none.
+    #[serde(default)]
+    pub climb: usize,
 }
 
 impl SearchState {
@@ -81,6 +96,7 @@ impl SearchState {
             hi: None,
             target: start.clamp(1, len.max(1)),
             done: len == 0,
+            climb: 0,
         }
     }
 
@@ -99,17 +115,39 @@ impl SearchState {
             }
             match (search, self.hi) {
                 (Search::Step(k), _) => self.target = (self.lo + k).min(len),
-                (Search::Gallop, None) => self.target = (2 * target).max(self.lo + 1).min(len),
+                (Search::Gallop | Search::Climb, None) => {
+                    self.target = (2 * target).max(self.lo + 1).min(len)
+                }
                 (Search::Gallop, Some(_)) => self.bisect(),
+                (Search::Climb, Some(_)) => {
+                    self.climb = (2 * self.climb).max(1);
+                    self.climb_up();
+                }
             }
         } else {
             match search {
                 Search::Step(_) => self.done = true,
-                Search::Gallop => {
+                Search::Gallop | Search::Climb => {
                     self.hi = Some(self.hi.map_or(target, |h| h.min(target)));
-                    self.bisect();
+                    if search == Search::Climb {
+                        self.climb = 1;
+                        self.climb_up();
+                    } else {
+                        self.bisect();
+                    }
                 }
             }
+        }
+    }
+
+    /// `climb`'s next target: `climb` tokens above `lo`, below `hi`, or the
+    /// end of the search when they are adjacent.
+    fn climb_up(&mut self) {
+        let hi = self.hi.expect("the climb starts after a failure");
+        if hi <= self.lo + 1 {
+            self.done = true;
+        } else {
+            self.target = (self.lo + self.climb).min(hi - 1);
         }
     }
 
@@ -176,6 +214,40 @@ mod tests {
     }
 
     #[test]
+    fn climb_doubles_then_climbs_from_the_horizon_and_restarts_after_failures() {
+        // Failed stages decode nothing: after the 64-token failure the climb
+        // goes +1, +2, +4, +8 from 32, fails at 47, climbs again from 39 by
+        // +1, +2, +4 (capped below 47) and fails at 46, then from 42 by +1,
+        // +2 to 45, next to the failed 46.
+        let (tried, s) = simulate(Search::Climb, 8, 1000, 45, |_| 0);
+        assert_eq!(
+            tried,
+            vec![8, 16, 32, 64, 33, 35, 39, 47, 40, 42, 46, 43, 45]
+        );
+        assert_eq!((s.lo, s.hi), (45, Some(46)));
+        // A failed probe that decodes up to the horizon leaves one probe.
+        let (tried, s) = simulate(Search::Climb, 8, 1000, 45, |t| 45.min(t - 1));
+        assert_eq!(tried, vec![8, 16, 32, 64, 46]);
+        assert_eq!((s.lo, s.hi), (45, Some(46)));
+    }
+
+    #[test]
+    fn searches_end_with_the_horizon_bracketed() {
+        // Whatever the horizon and what failed stages decode, both searches
+        // end with a verified `lo` equal to the horizon and `hi` just above.
+        for search in [Search::Gallop, Search::Climb] {
+            for h in 1..90 {
+                for frac in [0, 1, 2] {
+                    let seen = |t: usize| (h * frac / 2).min(t - 1).min(h);
+                    let (_, s) = simulate(search, 8, 80, h, seen);
+                    assert_eq!(s.lo, h.min(80), "{search} h={h}");
+                    assert!(h >= 80 || s.hi == Some(h + 1), "{search} h={h}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn step_search_stops_at_the_first_failed_stage() {
         let (tried, s) = simulate(Search::Step(4), 4, 1000, 13, |t| t - 2);
         assert_eq!(tried, vec![4, 8, 12, 16]);
@@ -196,11 +268,18 @@ mod tests {
     }
 
     #[test]
+    fn a_state_stored_before_climb_existed_loads() {
+        let s: SearchState =
+            serde_json::from_str(r#"{"lo":5,"hi":9,"target":7,"done":false}"#).unwrap();
+        assert_eq!((s.lo, s.hi, s.target, s.climb), (5, Some(9), 7, 0));
+    }
+
+    #[test]
     fn searches_parse_and_print() {
-        for s in ["gallop", "step:1", "step:16"] {
+        for s in ["gallop", "climb", "step:1", "step:16"] {
             assert_eq!(s.parse::<Search>().unwrap().to_string(), s);
         }
-        for bad in ["step:0", "step:", "bisect", "step:x"] {
+        for bad in ["step:0", "step:", "bisect", "step:x", "climb:2"] {
             assert!(bad.parse::<Search>().is_err(), "{bad}");
         }
     }

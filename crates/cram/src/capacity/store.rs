@@ -402,6 +402,7 @@ mod tests {
                 hi: Some(40),
                 target: 33,
                 done: false,
+                climb: 2,
             },
             stages: 3,
             steps: 120,

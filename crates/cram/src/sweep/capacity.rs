@@ -46,7 +46,7 @@ use crate::store::RunLock;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CapacitySweep {
-    /// The searches, each a unit of its own (`gallop`, `step:K`).
+    /// The searches, each a unit of its own (`gallop`, `climb`, `step:K`).
     #[serde(default = "default_search")]
     pub search: Vec<Search>,
     /// Each text is truncated to this many tokens.
