@@ -216,9 +216,9 @@ mod tests {
     #[test]
     fn climb_doubles_then_climbs_from_the_horizon_and_restarts_after_failures() {
         // Failed stages decode nothing: after the 64-token failure the climb
-        // goes +1, +2, +4, +8 from 32, fails at 47, climbs again from 39 by
-        // +1, +2, +4 (capped below 47) and fails at 46, then from 42 by +1,
-        // +2 to 45, next to the failed 46.
+        // goes +1, +2, +4, +8 from 32 and fails at 47, climbs again from 39
+        // by +1, +2, +4 and fails at 46, then from 42 by +1, +2 to 45, next
+        // to the failed 46.
         let (tried, s) = simulate(Search::Climb, 8, 1000, 45, |_| 0);
         assert_eq!(
             tried,
