@@ -118,45 +118,33 @@ impl SearchState {
                 (Search::Gallop | Search::Climb, None) => {
                     self.target = (2 * target).max(self.lo + 1).min(len)
                 }
-                (Search::Gallop, Some(_)) => self.bisect(),
-                (Search::Climb, Some(_)) => {
-                    self.climb = (2 * self.climb).max(1);
-                    self.climb_up();
-                }
-            }
-        } else {
-            match search {
-                Search::Step(_) => self.done = true,
-                Search::Gallop | Search::Climb => {
-                    self.hi = Some(self.hi.map_or(target, |h| h.min(target)));
+                (_, Some(_)) => {
                     if search == Search::Climb {
-                        self.climb = 1;
-                        self.climb_up();
-                    } else {
-                        self.bisect();
+                        self.climb = (2 * self.climb).max(1);
                     }
+                    self.within_bracket(search);
                 }
             }
-        }
-    }
-
-    /// `climb`'s next target: `climb` tokens above `lo`, below `hi`, or the
-    /// end of the search when they are adjacent.
-    fn climb_up(&mut self) {
-        let hi = self.hi.expect("the climb starts after a failure");
-        if hi <= self.lo + 1 {
+        } else if let Search::Step(_) = search {
             self.done = true;
         } else {
-            self.target = (self.lo + self.climb).min(hi - 1);
+            self.hi = Some(self.hi.map_or(target, |h| h.min(target)));
+            if search == Search::Climb {
+                self.climb = 1;
+            }
+            self.within_bracket(search);
         }
     }
 
-    /// The next target between `lo` and `hi`, or the end of the search when
+    /// The next target between `lo` and `hi` (gallop: the middle; climb:
+    /// `climb` tokens above `lo`, below `hi`), or the end of the search when
     /// they are adjacent.
-    fn bisect(&mut self) {
-        let hi = self.hi.expect("bisect runs after a failure");
+    fn within_bracket(&mut self, search: Search) {
+        let hi = self.hi.expect("the bracket exists after a failure");
         if hi <= self.lo + 1 {
             self.done = true;
+        } else if search == Search::Climb {
+            self.target = (self.lo + self.climb).min(hi - 1);
         } else {
             self.target = self.lo + (hi - self.lo) / 2;
         }
