@@ -58,6 +58,11 @@ pub struct CapacityArgs {
     /// restarted at every stage, over --stage-steps).
     #[arg(long, default_value = "text")]
     pub schedule: Schedule,
+    /// The learning rate ramps up over the first STEPS steps of every stage
+    /// after a text's first (a warm start's first updates otherwise throw
+    /// the vectors out of the shorter prefix's optimum); 0: no ramp.
+    #[arg(long, value_name = "STEPS", default_value_t = CapacityConfig::new(Search::Gallop).stage_warmup)]
+    pub stage_warmup: usize,
     /// Texts searched together.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -95,6 +100,7 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
         stage_patience: args.stage_patience,
         budget: args.budget,
         schedule: args.schedule,
+        stage_warmup: args.stage_warmup,
     };
     if let Some((field, msg)) = cfg.invalid() {
         anyhow::bail!("--{}: {msg}", field.replace('_', "-"));
@@ -198,7 +204,7 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
     let show = !quiet && !args.json;
     if show {
         eprintln!(
-            "capacity: {} text(s) of at most {limit} tokens, search {}, start {}, stages of at most {} steps (patience {}), {} steps per text, schedule {:?}; protocol {}, {} vector(s), sink {}, lr {}",
+            "capacity: {} text(s) of at most {limit} tokens, search {}, start {}, stages of at most {} steps (patience {}), {} steps per text, schedule {:?} (stage warm-up {}); protocol {}, {} vector(s), sink {}, lr {}",
             texts.len(),
             cfg.search,
             cfg.start,
@@ -206,6 +212,7 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
             cfg.stage_patience,
             cfg.budget,
             cfg.schedule,
+            cfg.stage_warmup,
             ecfg.protocol.map_or("none", |p| p.as_str()),
             ecfg.n_mem,
             layout.describe(),

@@ -87,6 +87,15 @@ pub struct CapacityConfig {
     pub budget: usize,
     /// The learning-rate schedule.
     pub schedule: Schedule,
+    /// The learning rate ramps up linearly over the first this many steps
+    /// of every stage after a text's first (whose ramp is the protocol's
+    /// warm-up); 0: no ramp. A warm start sits at the optimum of a shorter
+    /// prefix, where AdamW's moments are small: a full-size first update
+    /// throws the vectors out of it. Stores written before this setting
+    /// existed had no ramp (and 0 is not written, so that they resume with
+    /// `--stage-warmup 0`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stage_warmup: usize,
 }
 
 impl CapacityConfig {
@@ -100,6 +109,7 @@ impl CapacityConfig {
             stage_patience: 100,
             budget: 3000,
             schedule: Schedule::Text,
+            stage_warmup: 10,
         }
     }
 
@@ -125,26 +135,35 @@ impl CapacityConfig {
     /// update count after the update, `stage_step` the step's 1-based
     /// number within its stage.
     pub fn lr(&self, opt: &OptimizerConfig, t_next: usize, stage_step: usize) -> f64 {
-        match self.schedule {
+        if t_next < opt.warmup_steps {
+            // A text's first updates: the protocol's warm-up.
+            return opt.lr * t_next as f64 / opt.warmup_steps as f64;
+        }
+        let lr = match self.schedule {
             Schedule::Text => OptimizerConfig {
                 max_steps: self.budget,
                 ..opt.clone()
             }
             .lr_at(t_next),
-            Schedule::Stage => {
-                if t_next < opt.warmup_steps {
-                    opt.lr * t_next as f64 / opt.warmup_steps as f64
-                } else {
-                    OptimizerConfig {
-                        warmup_steps: 0,
-                        max_steps: self.stage_steps,
-                        ..opt.clone()
-                    }
-                    .lr_at(stage_step)
-                }
+            Schedule::Stage => OptimizerConfig {
+                warmup_steps: 0,
+                max_steps: self.stage_steps,
+                ..opt.clone()
             }
+            .lr_at(stage_step),
+        };
+        // A later stage's ramp (the first stage's steps are the text's
+        // first updates: t_next == stage_step).
+        if stage_step < self.stage_warmup && t_next > stage_step {
+            lr * stage_step as f64 / self.stage_warmup as f64
+        } else {
+            lr
         }
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One text to search: its position in the input, its id and its tokens
@@ -686,6 +705,7 @@ mod tests {
         let mut cfg = CapacityConfig::new(Search::Gallop);
         cfg.budget = 1010;
         cfg.stage_steps = 100;
+        cfg.stage_warmup = 0;
         // Text: warm-up, then one cosine over the budget, whatever the stage.
         assert!((cfg.lr(&opt, 5, 5) - 0.15).abs() < 1e-12);
         assert!((cfg.lr(&opt, 510, 1) - 0.165).abs() < 1e-12);
@@ -697,6 +717,29 @@ mod tests {
         assert!((cfg.lr(&opt, 700, 0) - 0.3).abs() < 1e-12);
         assert!((cfg.lr(&opt, 700, 50) - 0.165).abs() < 1e-12);
         assert!((cfg.lr(&opt, 700, 100) - 0.03).abs() < 1e-12);
+        // A ramp over a later stage's first steps, on either schedule; the
+        // first stage keeps the protocol's warm-up alone.
+        let no_ramp = cfg.clone();
+        cfg.stage_warmup = 10;
+        assert!((cfg.lr(&opt, 5, 5) - 0.15).abs() < 1e-12);
+        assert_eq!(cfg.lr(&opt, 12, 12), no_ramp.lr(&opt, 12, 12));
+        assert!((cfg.lr(&opt, 700, 2) - 0.2 * no_ramp.lr(&opt, 700, 2)).abs() < 1e-12);
+        assert!((cfg.lr(&opt, 700, 50) - 0.165).abs() < 1e-12);
+        cfg.schedule = Schedule::Text;
+        assert!((cfg.lr(&opt, 510, 5) - 0.5 * 0.165).abs() < 1e-12);
+        assert!((cfg.lr(&opt, 510, 10) - 0.165).abs() < 1e-12);
+    }
+
+    #[test]
+    fn runs_from_before_the_stage_warmup_resume_with_it_off() {
+        let mut cfg = CapacityConfig::new(Search::Gallop);
+        let on = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(on["stage_warmup"], 10);
+        cfg.stage_warmup = 0;
+        let off = serde_json::to_value(&cfg).unwrap();
+        assert!(off.get("stage_warmup").is_none(), "{off}");
+        let old: CapacityConfig = serde_json::from_value(off.clone()).unwrap();
+        assert_eq!(old, cfg);
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct CapacitySweep {
     /// The learning-rate schedule.
     #[serde(default)]
     pub schedule: Schedule,
+    /// The learning rate's ramp at the start of every later stage, in steps.
+    #[serde(default = "default_stage_warmup")]
+    pub stage_warmup: usize,
     /// Sizes of `z`, each a unit of its own; 0: full vectors [default: 0].
     #[serde(default = "default_low_dim")]
     pub low_dim: Vec<usize>,
@@ -101,6 +104,10 @@ fn default_stage_patience() -> usize {
     CapacityConfig::new(Search::Gallop).stage_patience
 }
 
+fn default_stage_warmup() -> usize {
+    CapacityConfig::new(Search::Gallop).stage_warmup
+}
+
 fn default_budget() -> usize {
     CapacityConfig::new(Search::Gallop).budget
 }
@@ -116,6 +123,7 @@ impl CapacitySweep {
             stage_patience: self.stage_patience,
             budget: self.budget,
             schedule: self.schedule,
+            stage_warmup: self.stage_warmup,
         }
     }
 
