@@ -132,12 +132,19 @@ fn capacity_reports_verified_horizons_writes_decodable_vectors_and_resumes() {
         err.contains("capacity.search") && err.contains("another --out"),
         "{err}"
     );
+    let mut other = args.clone();
+    other.extend_from_slice(&["--stage-warmup", "5"]);
+    let o = cram(&other, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("capacity.stage_warmup"), "{err}");
 }
 
 #[test]
 fn stages_that_fail_still_yield_verified_prefixes() {
     // Budgets far too small to reach 10 tokens: every horizon comes from
-    // the decoding of a stage's best vectors, and still decodes exactly.
+    // the decoding of a stage's best vectors, and still decodes exactly
+    // (later stages with the learning rate's ramp).
     let tmp = tempfile::tempdir().unwrap();
     let input = texts(tmp.path());
     let model = model();
@@ -159,6 +166,8 @@ fn stages_that_fail_still_yield_verified_prefixes() {
                 "2",
                 "--budget",
                 "12",
+                "--stage-warmup",
+                "2",
             ],
         );
         args.extend_from_slice(&["--model", &model, "--search", search, "-o", &vecs]);

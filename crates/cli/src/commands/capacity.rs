@@ -59,8 +59,8 @@ pub struct CapacityArgs {
     #[arg(long, default_value = "text")]
     pub schedule: Schedule,
     /// The learning rate ramps up over the first STEPS steps of every stage
-    /// after a text's first (a warm start's first updates otherwise throw
-    /// the vectors out of the shorter prefix's optimum); 0: no ramp.
+    /// after a text's first (for a warm start, whose first updates can
+    /// throw the vectors out of the shorter prefix's optimum); 0: no ramp.
     #[arg(long, value_name = "STEPS", default_value_t = CapacityConfig::new(Search::Gallop).stage_warmup)]
     pub stage_warmup: usize,
     /// Texts searched together.

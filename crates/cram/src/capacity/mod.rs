@@ -89,11 +89,10 @@ pub struct CapacityConfig {
     pub schedule: Schedule,
     /// The learning rate ramps up linearly over the first this many steps
     /// of every stage after a text's first (whose ramp is the protocol's
-    /// warm-up); 0: no ramp. A warm start sits at the optimum of a shorter
-    /// prefix, where AdamW's moments are small: a full-size first update
-    /// throws the vectors out of it. Stores written before this setting
-    /// existed had no ramp (and 0 is not written, so that they resume with
-    /// `--stage-warmup 0`).
+    /// warm-up); 0 (the default): no ramp. Meant for a warm start, which
+    /// sits at the optimum of a shorter prefix where a full-size first
+    /// update can throw the vectors out of it (docs/capacity.md measures
+    /// it). 0 is not written, so stores from before this setting resume.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stage_warmup: usize,
 }
@@ -109,7 +108,7 @@ impl CapacityConfig {
             stage_patience: 100,
             budget: 3000,
             schedule: Schedule::Text,
-            stage_warmup: 10,
+            stage_warmup: 0,
         }
     }
 
@@ -733,9 +732,11 @@ mod tests {
     #[test]
     fn runs_from_before_the_stage_warmup_resume_with_it_off() {
         let mut cfg = CapacityConfig::new(Search::Gallop);
+        cfg.stage_warmup = 10;
         let on = serde_json::to_value(&cfg).unwrap();
         assert_eq!(on["stage_warmup"], 10);
         cfg.stage_warmup = 0;
+        assert_eq!(cfg, CapacityConfig::new(Search::Gallop));
         let off = serde_json::to_value(&cfg).unwrap();
         assert!(off.get("stage_warmup").is_none(), "{off}");
         let old: CapacityConfig = serde_json::from_value(off.clone()).unwrap();

@@ -66,8 +66,9 @@ pub struct CapacitySweep {
     /// The learning-rate schedule.
     #[serde(default)]
     pub schedule: Schedule,
-    /// The learning rate's ramp at the start of every later stage, in steps.
-    #[serde(default = "default_stage_warmup")]
+    /// The learning rate's ramp at the start of every later stage, in steps
+    /// [default: 0, none].
+    #[serde(default)]
     pub stage_warmup: usize,
     /// Sizes of `z`, each a unit of its own; 0: full vectors [default: 0].
     #[serde(default = "default_low_dim")]
@@ -102,10 +103,6 @@ fn default_stage_steps() -> usize {
 
 fn default_stage_patience() -> usize {
     CapacityConfig::new(Search::Gallop).stage_patience
-}
-
-fn default_stage_warmup() -> usize {
-    CapacityConfig::new(Search::Gallop).stage_warmup
 }
 
 fn default_budget() -> usize {
