@@ -132,12 +132,18 @@ fn capacity_reports_verified_horizons_writes_decodable_vectors_and_resumes() {
         err.contains("capacity.search") && err.contains("another --out"),
         "{err}"
     );
-    let mut other = args.clone();
-    other.extend_from_slice(&["--stage-warmup", "5"]);
-    let o = cram(&other, &[]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("capacity.stage_warmup"), "{err}");
+    for (flag, value, key) in [
+        ("--stage-warmup", "5", "capacity.stage_warmup"),
+        ("--patience-from", "start", "capacity.patience_from"),
+        ("--tolerance", "10", "capacity.tolerance"),
+    ] {
+        let mut other = args.clone();
+        other.extend_from_slice(&[flag, value]);
+        let o = cram(&other, &[]);
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(key), "{err}");
+    }
 }
 
 #[test]
@@ -171,6 +177,12 @@ fn stages_that_fail_still_yield_verified_prefixes() {
             ],
         );
         args.extend_from_slice(&["--model", &model, "--search", search, "-o", &vecs]);
+        // The other patience baseline and a tolerance work the same way.
+        match search {
+            "gallop" => args.extend_from_slice(&["--tolerance", "20"]),
+            "step:3" => args.extend_from_slice(&["--patience-from", "start"]),
+            _ => {}
+        }
         let lines = run(&args);
         assert_eq!(lines.len(), 3);
         for l in &lines {
@@ -193,6 +205,11 @@ fn bad_capacity_settings_are_clear_errors() {
         (vec!["--search", "bisect"], &input, "unknown search"),
         (vec!["--search", "step:0"], &input, "step:K"),
         (vec!["--budget", "0"], &input, "--budget"),
+        (
+            vec!["--patience-from", "first"],
+            &input,
+            "patience baseline",
+        ),
         (vec!["--max-tokens", "0"], &input, "--max-tokens"),
         (vec!["--batch", "0"], &input, "--batch"),
         (vec!["--texts", "0"], &input, "--texts"),

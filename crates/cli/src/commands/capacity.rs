@@ -7,7 +7,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cram::capacity::{
-    self, CapacityConfig, CapacityStore, CapacityText, Event, Schedule, Search, TextProgress,
+    self, CapacityConfig, CapacityStore, CapacityText, Event, PatienceFrom, Schedule, Search,
+    TextProgress,
 };
 use cram::engine::{CramResult, Engine, StopReason};
 use cram::lowdim::{self, LowDimArgs};
@@ -50,6 +51,16 @@ pub struct CapacityArgs {
     /// correct prefix nor its accuracy grew.
     #[arg(long, default_value_t = CapacityConfig::new(Search::Gallop).stage_patience)]
     pub stage_patience: usize,
+    /// What the patience counts progress against: update (the stage's own
+    /// updates; its start, a warm start's checkpoint, stays a candidate
+    /// for the best vectors) or start (the start's evaluation too, as runs
+    /// made before this option did: resume those with it).
+    #[arg(long, value_name = "FROM", default_value_t = CapacityConfig::new(Search::Gallop).patience_from)]
+    pub patience_from: PatienceFrom,
+    /// gallop and climb stop once the shortest failed target is within PCT
+    /// percent of the verified horizon; 0: bisect to the exact horizon.
+    #[arg(long, value_name = "PCT", default_value_t = 0)]
+    pub tolerance: usize,
     /// Most optimisation steps per text, all stages together.
     #[arg(long, default_value_t = CapacityConfig::new(Search::Gallop).budget)]
     pub budget: usize,
@@ -98,6 +109,8 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
         max_tokens: args.max_tokens,
         stage_steps: args.stage_steps,
         stage_patience: args.stage_patience,
+        patience_from: args.patience_from,
+        tolerance: args.tolerance,
         budget: args.budget,
         schedule: args.schedule,
         stage_warmup: args.stage_warmup,
@@ -204,12 +217,14 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
     let show = !quiet && !args.json;
     if show {
         eprintln!(
-            "capacity: {} text(s) of at most {limit} tokens, search {}, start {}, stages of at most {} steps (patience {}), {} steps per text, schedule {:?} (stage warm-up {}); protocol {}, {} vector(s), sink {}, lr {}",
+            "capacity: {} text(s) of at most {limit} tokens, search {}, start {}, stages of at most {} steps (patience {} from the {}), tolerance {}%, {} steps per text, schedule {:?} (stage warm-up {}); protocol {}, {} vector(s), sink {}, lr {}",
             texts.len(),
             cfg.search,
             cfg.start,
             cfg.stage_steps,
             cfg.stage_patience,
+            cfg.patience_from,
+            cfg.tolerance,
             cfg.budget,
             cfg.schedule,
             cfg.stage_warmup,

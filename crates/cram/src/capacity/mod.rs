@@ -8,7 +8,8 @@
 //! step count), and ends when teacher-forced accuracy on the target
 //! reaches 1 and greedy decoding confirms it (success), or after
 //! `stage_steps` steps, `stage_patience` steps in which neither the correct
-//! prefix nor the accuracy grew, or when the text's total `budget` is spent
+//! prefix nor the accuracy grew (counted from the stage's first update by
+//! default, [`PatienceFrom`]), or when the text's total `budget` is spent
 //! (failure). Either way
 //! the stage's best vectors are decoded and the prefix they reproduce is
 //! verified: a failed stage can still raise the horizon. The [`Search`]
@@ -67,6 +68,46 @@ impl std::str::FromStr for Schedule {
     }
 }
 
+/// What a stage's patience counts progress against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatienceFrom {
+    /// The stage's best evaluation, its start included. A later stage
+    /// starts from the shorter prefix's checkpoint, whose accuracy on the
+    /// longer target is already near 1: a stage that needs more than
+    /// `stage_patience` updates to climb above it is ended, though given
+    /// the steps it reaches its target (docs/capacity.md, "Warm starts").
+    /// The behaviour of runs made before this setting existed.
+    #[default]
+    Start,
+    /// The best evaluation after the stage's first update: the start is
+    /// still a candidate for the stage's best vectors, but progress is
+    /// measured among the stage's own updates (the default of new runs).
+    Update,
+}
+
+impl std::str::FromStr for PatienceFrom {
+    type Err = CramError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "start" => Ok(Self::Start),
+            "update" => Ok(Self::Update),
+            _ => Err(CramError::Input(format!(
+                "unknown patience baseline `{s}` (expected update or start)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for PatienceFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Start => "start",
+            Self::Update => "update",
+        })
+    }
+}
+
 /// Settings of a capacity search, recorded with the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +124,16 @@ pub struct CapacityConfig {
     /// A stage fails after this many steps in which neither its longest
     /// correct prefix nor its accuracy grew.
     pub stage_patience: usize,
+    /// What the patience counts progress against. Runs made before this
+    /// setting have none (`start`); `start` is not written, so they resume.
+    #[serde(default, skip_serializing_if = "is_start")]
+    pub patience_from: PatienceFrom,
+    /// gallop and climb stop once the shortest failed target is within this
+    /// many percent of the verified prefix (`hi - lo <= lo * tolerance /
+    /// 100`); 0 (the default): bisect to adjacent lengths, the exact
+    /// horizon. Not written when 0, so older runs resume.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tolerance: usize,
     /// Most steps per text, all stages together.
     pub budget: usize,
     /// The learning-rate schedule.
@@ -106,6 +157,8 @@ impl CapacityConfig {
             max_tokens: None,
             stage_steps: 300,
             stage_patience: 100,
+            patience_from: PatienceFrom::Update,
+            tolerance: 0,
             budget: 3000,
             schedule: Schedule::Text,
             stage_warmup: 0,
@@ -136,7 +189,7 @@ impl CapacityConfig {
     pub fn lr(&self, opt: &OptimizerConfig, t_next: usize, stage_step: usize) -> f64 {
         if t_next < opt.warmup_steps {
             // A text's first updates: the protocol's warm-up.
-            return opt.lr * t_next as f64 / opt.warmup_steps as f64;
+            return opt.lr_at(t_next);
         }
         let lr = match self.schedule {
             Schedule::Text => OptimizerConfig {
@@ -163,6 +216,10 @@ impl CapacityConfig {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn is_start(p: &PatienceFrom) -> bool {
+    *p == PatienceFrom::Start
 }
 
 /// One text to search: its position in the input, its id and its tokens
@@ -285,10 +342,36 @@ struct Job {
     stage_step: usize,
     /// The stage's best so far: correct prefix, loss, accuracy, state.
     best: Option<(usize, f64, f64, OptState)>,
-    /// The stage's highest teacher-forced accuracy.
-    best_accuracy: f64,
-    /// Steps since the correct prefix or the accuracy last grew.
-    since_best: usize,
+    /// The stage's progress, as its patience counts it.
+    patience: Patience,
+}
+
+/// A stage's patience: the steps since its longest correct prefix or its
+/// teacher-forced accuracy last grew, among the evaluations it counts.
+#[derive(Debug, Clone, Default)]
+struct Patience {
+    /// The longest correct prefix and the highest accuracy counted.
+    seen: Option<(usize, f64)>,
+    /// Counted evaluations since either grew.
+    since: usize,
+}
+
+impl Patience {
+    /// Counts the evaluation of the stage's `stage_step`-th step (1: its
+    /// start) and returns the steps without progress.
+    fn observe(&mut self, from: PatienceFrom, stage_step: usize, prefix: usize, acc: f64) -> usize {
+        // The first evaluation is of the stage's start (a warm start's
+        // checkpoint); `update` counts from the next.
+        if stage_step > 1 || from == PatienceFrom::Start {
+            let progressed = self.seen.is_none_or(|(p, a)| prefix > p || acc > a);
+            self.seen = Some(
+                self.seen
+                    .map_or((prefix, acc), |(p, a)| (p.max(prefix), a.max(acc))),
+            );
+            self.since = if progressed { 0 } else { self.since + 1 };
+        }
+        self.since
+    }
 }
 
 /// What a step decided for a text.
@@ -440,8 +523,7 @@ pub fn search(
                 p,
                 stage_step: 0,
                 best: None,
-                best_accuracy: f64::NEG_INFINITY,
-                since_best: 0,
+                patience: Patience::default(),
             });
         }
         if pool.is_empty() {
@@ -536,13 +618,16 @@ fn step(
         if better {
             j.best = Some((o.correct_prefix, o.loss, o.accuracy, j.cur.clone()));
         }
-        let progressed = longer || o.accuracy > j.best_accuracy;
-        j.best_accuracy = j.best_accuracy.max(o.accuracy);
-        j.since_best = if progressed { 0 } else { j.since_best + 1 };
+        let stalled = j.patience.observe(
+            cfg.patience_from,
+            j.stage_step,
+            o.correct_prefix,
+            o.accuracy,
+        );
         next.push(if o.correct_prefix >= target {
             Next::Verify
         } else if j.stage_step >= cfg.stage_steps
-            || j.since_best >= cfg.stage_patience
+            || stalled >= cfg.stage_patience
             || j.p.steps >= cfg.budget
         {
             Next::End
@@ -606,7 +691,8 @@ fn step(
                 j.p.checkpoint = b.3;
             }
         }
-        j.p.search.record(cfg.search, j.ids.len(), prefix);
+        j.p.search
+            .record(cfg.search, cfg.tolerance, j.ids.len(), prefix);
         if j.p.steps >= cfg.budget {
             j.p.search.done = true;
         }
@@ -626,8 +712,7 @@ fn step(
         j.cur = j.p.checkpoint.clone();
         j.stage_step = 0;
         j.best = None;
-        j.best_accuracy = f64::NEG_INFINITY;
-        j.since_best = 0;
+        j.patience = Patience::default();
         if j.p.search.done {
             finished.push(k);
         }
@@ -741,6 +826,53 @@ mod tests {
         assert!(off.get("stage_warmup").is_none(), "{off}");
         let old: CapacityConfig = serde_json::from_value(off.clone()).unwrap();
         assert_eq!(old, cfg);
+    }
+
+    #[test]
+    fn the_patience_counts_from_the_first_update_or_from_the_start() {
+        // A warm start at 0.95 whose updates climb from 0.5 and never pass
+        // it: `start` sees no progress after step 1, `update` sees the climb.
+        let accs = [0.95, 0.5, 0.6, 0.6, 0.7, 0.7, 0.7];
+        let run = |from| {
+            let mut p = Patience::default();
+            accs.iter()
+                .enumerate()
+                .map(|(i, &a)| p.observe(from, i + 1, 3, a))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(PatienceFrom::Start), vec![0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(run(PatienceFrom::Update), vec![0, 0, 0, 1, 0, 1, 2]);
+        // A longer correct prefix is progress too.
+        let mut p = Patience::default();
+        assert_eq!(p.observe(PatienceFrom::Update, 2, 3, 0.7), 0);
+        assert_eq!(p.observe(PatienceFrom::Update, 3, 3, 0.7), 1);
+        assert_eq!(p.observe(PatienceFrom::Update, 4, 4, 0.6), 0);
+    }
+
+    #[test]
+    fn runs_from_before_the_patience_baseline_and_tolerance_resume() {
+        // New runs count from the update and write it; a stored setting
+        // without the field (an older run) reads as `start`, the behaviour
+        // it ran with, and `start` and a zero tolerance are not written.
+        let new = CapacityConfig::new(Search::Gallop);
+        assert_eq!(new.patience_from, PatienceFrom::Update);
+        let v = serde_json::to_value(&new).unwrap();
+        assert_eq!(v["patience_from"], "update");
+        assert!(v.get("tolerance").is_none(), "{v}");
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("patience_from");
+        let read: CapacityConfig = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(read.patience_from, PatienceFrom::Start);
+        assert_eq!(serde_json::to_value(&read).unwrap(), old);
+        let tol = CapacityConfig {
+            tolerance: 12,
+            ..new
+        };
+        assert_eq!(serde_json::to_value(&tol).unwrap()["tolerance"], 12);
+        for s in ["start", "update"] {
+            assert_eq!(s.parse::<PatienceFrom>().unwrap().to_string(), s);
+        }
+        assert!("first".parse::<PatienceFrom>().is_err());
     }
 
     #[test]

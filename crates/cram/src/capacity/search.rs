@@ -103,8 +103,10 @@ impl SearchState {
     /// Records a stage that targeted `self.target` tokens and whose best
     /// vectors decode the first `prefix` tokens exactly (`prefix ==
     /// target`: the stage succeeded), then picks the next target or ends
-    /// the search. `len` is the text's length.
-    pub fn record(&mut self, search: Search, len: usize, prefix: usize) {
+    /// the search. `len` is the text's length; gallop and climb stop once
+    /// the shortest failed target is within `tolerance` percent of the
+    /// verified prefix (0: at adjacent lengths).
+    pub fn record(&mut self, search: Search, tolerance: usize, len: usize, prefix: usize) {
         let target = self.target;
         let prefix = prefix.min(target);
         self.lo = self.lo.max(prefix);
@@ -122,7 +124,7 @@ impl SearchState {
                     if search == Search::Climb {
                         self.climb = (2 * self.climb).max(1);
                     }
-                    self.within_bracket(search);
+                    self.within_bracket(search, tolerance);
                 }
             }
         } else if let Search::Step(_) = search {
@@ -132,16 +134,16 @@ impl SearchState {
             if search == Search::Climb {
                 self.climb = 1;
             }
-            self.within_bracket(search);
+            self.within_bracket(search, tolerance);
         }
     }
 
     /// The next target between `lo` and `hi` (gallop: the middle; climb:
     /// `climb` tokens above `lo`, below `hi`), or the end of the search when
-    /// they are adjacent.
-    fn within_bracket(&mut self, search: Search) {
+    /// they are adjacent or `hi` is within `tolerance` percent of `lo`.
+    fn within_bracket(&mut self, search: Search, tolerance: usize) {
         let hi = self.hi.expect("the bracket exists after a failure");
-        if hi <= self.lo + 1 {
+        if hi <= self.lo + 1 || (hi - self.lo) * 100 <= self.lo * tolerance {
             self.done = true;
         } else if search == Search::Climb {
             self.target = (self.lo + self.climb).min(hi - 1);
@@ -165,6 +167,18 @@ mod tests {
         h: usize,
         seen: impl Fn(usize) -> usize,
     ) -> (Vec<usize>, SearchState) {
+        simulate_within(search, 0, start, len, h, seen)
+    }
+
+    /// [`simulate`] with a `tolerance` in percent.
+    fn simulate_within(
+        search: Search,
+        tolerance: usize,
+        start: usize,
+        len: usize,
+        h: usize,
+        seen: impl Fn(usize) -> usize,
+    ) -> (Vec<usize>, SearchState) {
         let mut s = SearchState::new(start, len);
         let mut tried = Vec::new();
         while !s.done {
@@ -174,7 +188,7 @@ mod tests {
             } else {
                 seen(s.target)
             };
-            s.record(search, len, prefix);
+            s.record(search, tolerance, len, prefix);
             assert!(tried.len() < 100, "the search must end");
         }
         (tried, s)
@@ -230,6 +244,35 @@ mod tests {
                     let (_, s) = simulate(search, 8, 80, h, seen);
                     assert_eq!(s.lo, h.min(80), "{search} h={h}");
                     assert!(h >= 80 || s.hi == Some(h + 1), "{search} h={h}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tolerance_stops_the_bracket_within_that_fraction_of_the_horizon() {
+        // 12 %: (32, 64) → 48 succeeds; (48, 64) is 16 > 5.76 → 56 fails;
+        // (48, 56) is 8 > 5.76 → 52 fails; (48, 52) is 4 <= 5.76: done.
+        let (tried, s) = simulate_within(Search::Gallop, 12, 8, 1000, 50, |_| 0);
+        assert_eq!(tried, vec![8, 16, 32, 64, 48, 56, 52]);
+        assert_eq!((s.lo, s.hi), (48, Some(52)));
+        // 0 keeps the exact bisection.
+        let (tried, _) = simulate_within(Search::Gallop, 0, 8, 1000, 50, |_| 0);
+        assert_eq!(tried, vec![8, 16, 32, 64, 48, 56, 52, 50, 51]);
+        // Whatever the horizon, it is verified and within the tolerance.
+        for search in [Search::Gallop, Search::Climb] {
+            for tol in [5, 12, 25, 50] {
+                for h in 1..90 {
+                    let (_, s) = simulate_within(search, tol, 8, 80, h, |_| 0);
+                    assert!(s.lo <= h.min(80), "{search} {tol} h={h}");
+                    if h < 80 {
+                        let hi = s.hi.unwrap();
+                        assert!(hi > h, "{search} {tol} h={h}");
+                        assert!(
+                            hi <= s.lo + 1 || (hi - s.lo) * 100 <= s.lo * tol,
+                            "{search} {tol} h={h}: {s:?}"
+                        );
+                    }
                 }
             }
         }

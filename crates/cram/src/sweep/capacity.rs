@@ -35,7 +35,9 @@ use serde::{Deserialize, Serialize};
 
 use super::runner::{ModelLoader, Plan, Progress, RunOptions};
 use super::Shard;
-use crate::capacity::{self, CapacityConfig, CapacityStore, CapacityText, Event, Schedule, Search};
+use crate::capacity::{
+    self, CapacityConfig, CapacityStore, CapacityText, Event, PatienceFrom, Schedule, Search,
+};
 use crate::engine::Engine;
 use crate::error::{CramError, Result};
 use crate::lowdim::{BasisKind, LowDim};
@@ -60,6 +62,13 @@ pub struct CapacitySweep {
     /// A stage fails after this many steps without progress.
     #[serde(default = "default_stage_patience")]
     pub stage_patience: usize,
+    /// What the patience counts progress against [default: update].
+    #[serde(default = "default_patience_from")]
+    pub patience_from: PatienceFrom,
+    /// gallop and climb stop once the shortest failed target is within
+    /// this many percent of the horizon [default: 0, the exact horizon].
+    #[serde(default)]
+    pub tolerance: usize,
     /// Most steps per text.
     #[serde(default = "default_budget")]
     pub budget: usize,
@@ -105,6 +114,10 @@ fn default_stage_patience() -> usize {
     CapacityConfig::new(Search::Gallop).stage_patience
 }
 
+fn default_patience_from() -> PatienceFrom {
+    CapacityConfig::new(Search::Gallop).patience_from
+}
+
 fn default_budget() -> usize {
     CapacityConfig::new(Search::Gallop).budget
 }
@@ -118,6 +131,8 @@ impl CapacitySweep {
             max_tokens: Some(self.max_tokens),
             stage_steps: self.stage_steps,
             stage_patience: self.stage_patience,
+            patience_from: self.patience_from,
+            tolerance: self.tolerance,
             budget: self.budget,
             schedule: self.schedule,
             stage_warmup: self.stage_warmup,
