@@ -4,11 +4,13 @@
 #   grid     `cram compress` at every length of GRID, from scratch, default
 #            protocol; a text's result is its longest exact length; its cost
 #            the steps of all lengths;
-#   gallop   `cram capacity --search gallop` (default protocol);
-#   climb    `cram capacity --search climb` (default protocol);
+#   gallop   `cram capacity --search gallop --tolerance TOLERANCE` (default
+#            protocol);
+#   climb    `cram capacity --search climb --tolerance TOLERANCE`;
 #   step:1   `cram capacity --search step:1 --start 1` (progressive
 #            cramming's growth);
 #   paper    `cram capacity --search gallop --protocol paper` (PAPER=1);
+#            it and the low-dim sides with gallop's --tolerance;
 #   low-dim  (LOWDIM=1) `cram capacity --search gallop --low-dim K` with a
 #            learned basis (fitted on the texts' first 32 tokens) and with a
 #            PCA basis of the vectors of PCA_TEXTS other texts of DATA
@@ -28,7 +30,9 @@
 #   both capacity searches] GRID_FROM [unset; a convergence-study JSONL
 #   (docs/study/convergence.jsonl): its `cram` cells at the grid's lengths
 #   are used instead of running those lengths again; the table says which]
-#   LOWDIM [1] LOWDIM_K [32] PCA_TEXTS [40]
+#   LOWDIM [1] LOWDIM_K [32] PCA_TEXTS [40] TOLERANCE [12: gallop and climb
+#   stop when the failed target is within 12% of the verified prefix, finer
+#   than the grid's steps; 0: the exact horizon]
 #   TABLE_ONLY [0; 1: run nothing, print the table of what OUT holds (a
 #   side that has not finished all texts is left out)]
 #   KEEP [docs/study/capacity/MODEL; empty: keep nothing]
@@ -45,6 +49,7 @@ GRID_FROM=${GRID_FROM:-}
 LOWDIM=${LOWDIM:-1}
 LOWDIM_K=${LOWDIM_K:-32}
 PCA_TEXTS=${PCA_TEXTS:-40}
+TOLERANCE=${TOLERANCE:-12}
 TABLE_ONLY=${TABLE_ONLY:-0}
 KEEP=${KEEP-docs/study/capacity/$MODEL}
 read -r -a EXTRA <<<"${CAPACITY_FLAGS:-}"
@@ -115,8 +120,8 @@ PY
     keep "$name"
 }
 if [ "$TABLE_ONLY" != 1 ]; then
-    search gallop --search gallop
-    search climb --search climb
+    search gallop --search gallop --tolerance "$TOLERANCE"
+    search climb --search climb --tolerance "$TOLERANCE"
     for L in $GRID; do
         if from_study "$L"; then
             echo "grid $L: from $GRID_FROM" >&2
@@ -130,9 +135,9 @@ if [ "$TABLE_ONLY" != 1 ]; then
         keep "grid-$L"
     done
     search step1 --search step:1 --start 1
-    [ "$PAPER" = 1 ] && search paper --search gallop --protocol paper
+    [ "$PAPER" = 1 ] && search paper --search gallop --tolerance "$TOLERANCE" --protocol paper
     if [ "$LOWDIM" = 1 ]; then
-        search lowdim-learned --search gallop --low-dim "$LOWDIM_K" --basis learned
+        search lowdim-learned --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" --basis learned
     fi
     if [ "$LOWDIM" = 1 ] && ! kept lowdim-pca; then
         python3 - "$DATA" "$PCA_TEXTS" >"$OUT/pca-texts.jsonl" <<'PY'
@@ -147,7 +152,8 @@ PY
         echo "pca source: cram compress --tokens 16 of $PCA_TEXTS other texts ..." >&2
         "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/pca-texts.jsonl" --tokens 16 --batch 8 \
             --json -o "$OUT/pca-source" >"$OUT/pca-source.jsonl"
-        search lowdim-pca --search gallop --low-dim "$LOWDIM_K" --basis "pca:$OUT/pca-source"
+        search lowdim-pca --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" \
+            --basis "pca:$OUT/pca-source"
     fi
 fi
 
