@@ -183,12 +183,49 @@ fn stages_that_fail_still_yield_verified_prefixes() {
             "step:3" => args.extend_from_slice(&["--patience-from", "start"]),
             _ => {}
         }
+        let trace = tmp
+            .path()
+            .join(format!("trace-{}.jsonl", search.replace(':', "")));
+        let trace_arg = trace.display().to_string();
+        args.extend_from_slice(&["--trace", &trace_arg]);
         let lines = run(&args);
         assert_eq!(lines.len(), 3);
         for l in &lines {
             assert!(l["steps"].as_u64().unwrap() <= 12, "{l}");
         }
         check_files(&lines);
+        check_trace(&trace, &lines, 2);
+    }
+}
+
+/// The trace holds every step of every text: as many lines as the texts'
+/// steps, each stage's steps numbered from 1, a learning rate on every
+/// step but a stage's last, and no stage going on past its patience.
+fn check_trace(trace: &Path, texts: &[Json], patience: u64) {
+    let rows: Vec<Json> = std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: u64 = texts.iter().map(|l| l["steps"].as_u64().unwrap()).sum();
+    assert_eq!(rows.len() as u64, steps);
+    let mut stages: std::collections::BTreeMap<(u64, u64), Vec<&Json>> = Default::default();
+    for r in &rows {
+        let key = (r["index"].as_u64().unwrap(), r["stage"].as_u64().unwrap());
+        stages.entry(key).or_default().push(r);
+    }
+    for l in texts {
+        let index = l["index"].as_u64().unwrap();
+        let n = stages.keys().filter(|k| k.0 == index).count() as u64;
+        assert_eq!(n, l["stages"].as_u64().unwrap(), "{l}");
+    }
+    for (key, rs) in &stages {
+        for (i, r) in rs.iter().enumerate() {
+            assert_eq!(r["stage_step"].as_u64().unwrap(), i as u64 + 1, "{key:?}");
+            assert_eq!(r["lr"].is_null(), i + 1 == rs.len(), "{key:?}: {r}");
+            assert!(r["stalled"].as_u64().unwrap() <= patience, "{r}");
+            assert!(r["correct_prefix"].as_u64().unwrap() <= r["target"].as_u64().unwrap());
+        }
     }
 }
 

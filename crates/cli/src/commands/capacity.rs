@@ -1,5 +1,6 @@
 //! `cram capacity`: per text, the horizon found by a stage search.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -93,6 +94,12 @@ pub struct CapacityArgs {
     /// (the `compress` format; `cram decompress` regenerates the prefix).
     #[arg(short = 'o', long = "vectors", value_name = "VEC_DIR")]
     pub vectors: Option<PathBuf>,
+    /// Append every step of every text (text, stage, step, target, loss,
+    /// accuracy, correct prefix, steps without progress, learning rate) to
+    /// FILE as JSON lines; a resumed run appends after the lines already
+    /// there (steps of stages in flight at a kill appear again).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     /// When another cram process is writing this run folder, wait for it.
     #[arg(long)]
     pub wait: bool,
@@ -245,8 +252,27 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
     } else {
         ProgressBar::hidden()
     };
+    let mut trace = match &args.trace {
+        Some(path) => Some((
+            path,
+            std::io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open the trace file {}", path.display()))?,
+            ),
+        )),
+        None => None,
+    };
     let results = capacity::search(&engine, &cfg, &texts, args.batch, &mut store, |e| {
         match e {
+            Event::Trace(steps) => {
+                if let Some((path, w)) = trace.as_mut() {
+                    write_trace(w, steps)
+                        .map_err(|e| cram::CramError::bad_file(path.as_path(), e))?;
+                }
+            }
             Event::Step {
                 live,
                 done,
@@ -289,6 +315,10 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
         Ok(())
     })?;
     bar.finish_and_clear();
+    if let Some((path, w)) = trace.as_mut() {
+        w.flush()
+            .with_context(|| format!("cannot write the trace file {}", path.display()))?;
+    }
     if show {
         let h: Vec<usize> = results.iter().map(TextProgress::horizon).collect();
         let steps: usize = results.iter().map(|p| p.steps).sum();
@@ -300,6 +330,15 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
             h.iter().sum::<usize>() as f64 / h.len().max(1) as f64,
             sorted.get(sorted.len() / 2).copied().unwrap_or(0)
         );
+    }
+    Ok(())
+}
+
+/// Appends one JSON line per text of a batch step.
+fn write_trace(w: &mut impl Write, steps: &[capacity::StepTrace]) -> std::io::Result<()> {
+    for t in steps {
+        serde_json::to_writer(&mut *w, t)?;
+        w.write_all(b"\n")?;
     }
     Ok(())
 }

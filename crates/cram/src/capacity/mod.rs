@@ -316,8 +316,34 @@ pub struct StageRecord {
     pub hi: Option<usize>,
 }
 
+/// One text's step of a stage, as `cram capacity --trace` writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTrace {
+    /// The text's position in the input.
+    pub index: usize,
+    /// The stage's number within the text's search (0-based).
+    pub stage: usize,
+    /// The step's number within the stage (1: the evaluation of its start).
+    pub stage_step: usize,
+    /// The stage's target length.
+    pub target: usize,
+    /// Mean loss over the target, of the vectors before this step's update.
+    pub loss: f64,
+    /// Their teacher-forced accuracy.
+    pub accuracy: f64,
+    /// Their leading tokens predicted right (teacher-forced).
+    pub correct_prefix: usize,
+    /// Steps without progress, as the stage patience counts them.
+    pub stalled: usize,
+    /// The learning rate of the update that followed; none when the stage
+    /// ended at this step.
+    pub lr: Option<f64>,
+}
+
 /// What [`search`] reports while it runs.
 pub enum Event<'e> {
+    /// The texts' evaluations of one batch step.
+    Trace(&'e [StepTrace]),
     /// A step of the batch: texts in it, and their mean accuracy.
     Step {
         /// Texts in the batch.
@@ -530,7 +556,8 @@ pub fn search(
             break;
         }
         let clock = Instant::now();
-        let (stages, finished) = step(engine, cfg, &mut pool)?;
+        let (stages, finished, trace) = step(engine, cfg, &mut pool)?;
+        on_event(Event::Trace(&trace))?;
         let dt = clock.elapsed().as_secs_f64();
         for j in &mut pool {
             j.p.seconds += dt;
@@ -578,13 +605,14 @@ pub fn search(
 }
 
 /// One forward/backward of the batch, the decodings that verify the stages
-/// that end, the search moves and the updates. Returns the finished stages
-/// and the positions (ascending) of the texts whose search is over.
+/// that end, the search moves and the updates. Returns the finished stages,
+/// the positions (ascending) of the texts whose search is over, and the
+/// step's trace.
 fn step(
     engine: &Engine<'_>,
     cfg: &CapacityConfig,
     pool: &mut [Job],
-) -> Result<(Vec<StageRecord>, Vec<usize>)> {
+) -> Result<(Vec<StageRecord>, Vec<usize>, Vec<StepTrace>)> {
     let loss = engine.config().loss;
     let targets: Vec<Tensor> = pool
         .iter()
@@ -602,10 +630,22 @@ fn step(
     let outs = engine.step_batch(&items)?;
     drop(items);
     let mut next = Vec::with_capacity(pool.len());
+    let mut trace = Vec::with_capacity(pool.len());
     for (j, o) in pool.iter_mut().zip(&outs) {
         j.p.steps += 1;
         j.stage_step += 1;
         let target = j.p.search.target;
+        trace.push(StepTrace {
+            index: j.p.index,
+            stage: j.p.stages,
+            stage_step: j.stage_step,
+            target,
+            loss: o.loss,
+            accuracy: o.accuracy,
+            correct_prefix: o.correct_prefix,
+            stalled: 0,
+            lr: None,
+        });
         if !o.loss.is_finite() {
             next.push(Next::End);
             continue;
@@ -624,6 +664,7 @@ fn step(
             o.correct_prefix,
             o.accuracy,
         );
+        trace.last_mut().expect("pushed above").stalled = stalled;
         next.push(if o.correct_prefix >= target {
             Next::Verify
         } else if j.stage_step >= cfg.stage_steps
@@ -681,6 +722,7 @@ fn step(
         if !ended {
             let lr = cfg.lr(&engine.config().optimizer, j.cur.t + 1, j.stage_step);
             engine.update(&mut j.cur, &outs[k].grad, lr);
+            trace[k].lr = Some(lr);
             continue;
         }
         let prefix = verified.unwrap_or(0);
@@ -717,7 +759,7 @@ fn step(
             finished.push(k);
         }
     }
-    Ok((stages, finished))
+    Ok((stages, finished, trace))
 }
 
 /// The metrics of a finished search of the text `ids`: the horizon's
