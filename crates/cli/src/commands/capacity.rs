@@ -315,10 +315,6 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
         Ok(())
     })?;
     bar.finish_and_clear();
-    if let Some((path, w)) = trace.as_mut() {
-        w.flush()
-            .with_context(|| format!("cannot write the trace file {}", path.display()))?;
-    }
     if show {
         let h: Vec<usize> = results.iter().map(TextProgress::horizon).collect();
         let steps: usize = results.iter().map(|p| p.steps).sum();
@@ -334,13 +330,14 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
     Ok(())
 }
 
-/// Appends one JSON line per text of a batch step.
+/// Appends one JSON line per text of a batch step, flushed, so that a
+/// killed run leaves whole lines.
 fn write_trace(w: &mut impl Write, steps: &[capacity::StepTrace]) -> std::io::Result<()> {
     for t in steps {
         serde_json::to_writer(&mut *w, t)?;
         w.write_all(b"\n")?;
     }
-    Ok(())
+    w.flush()
 }
 
 /// Writes the horizon's vectors of a finished text in the `compress`
