@@ -13,9 +13,9 @@ in, and the stages that a PATIENCE (default 100) would have ended before
 they ended in the trace; then, for the stages that ended short of their
 target, the step at which each rule would end them. A last line cut short by a kill is skipped.
 """
-import collections
-import json
 import sys
+
+from trace_stage import read_stages
 
 
 def stalls(rows, margin):
@@ -56,14 +56,7 @@ def main():
     path = sys.argv[1]
     patience = int(sys.argv[2]) if len(sys.argv) > 2 else 100
     margins = [float(m) for m in sys.argv[3:]] or [0.0, 0.01, 0.02, 0.05]
-    stages = collections.defaultdict(list)
-    with open(path) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            stages[(r["index"], r["stage"])].append(r)
+    stages = read_stages(path)
     ok = sum(rs[-1]["correct_prefix"] >= rs[-1]["target"] for rs in stages.values())
     print(f"{len(stages)} stages ({ok} reached their target) in {sum(map(len, stages.values()))} steps; patience {patience}\n")
     print("| progress counts | longest run without progress | in (text, stage, steps) | stages it would end early |")

@@ -8,8 +8,23 @@ STAGE the stage's number (0-based). Prints the stage's first 12 steps, then
 every EVERY-th (default 10) and its last, and the stage's lowest loss and
 the step it came at. A last line cut short by a kill is skipped.
 """
+import collections
 import json
 import sys
+
+
+def read_stages(path):
+    """The trace's steps by (text index, stage), in order; a last line cut
+    short by a kill is skipped."""
+    stages = collections.defaultdict(list)
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            stages[(r["index"], r["stage"])].append(r)
+    return stages
 
 
 def main():
@@ -17,15 +32,7 @@ def main():
         sys.exit(__doc__)
     path, index, stage = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     every = int(sys.argv[4]) if len(sys.argv) == 5 else 10
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if r["index"] == index and r["stage"] == stage:
-                rows.append(r)
+    rows = read_stages(path).get((index, stage), [])
     if not rows:
         sys.exit(f"{path}: no steps of text {index}, stage {stage}")
     print(f"text {index}, stage {stage}, target {rows[0]['target']} tokens, {len(rows)} steps\n")
