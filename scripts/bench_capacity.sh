@@ -7,8 +7,11 @@
 #   gallop   `cram capacity --search gallop --tolerance TOLERANCE` (default
 #            protocol);
 #   climb    `cram capacity --search climb --tolerance TOLERANCE`;
-#   step:1   `cram capacity --search step:1 --start 1` (progressive
-#            cramming's growth);
+#   step:1   `cram capacity --search step:1 --start 1 STEP1_FLAGS`
+#            (progressive cramming's growth; by default with the stage
+#            patience equal to the stage's step limit, so that a stage runs
+#            until it succeeds or has taken its 300 steps, as the peer's
+#            stages run to their step limit);
 #   paper    `cram capacity --search gallop --protocol paper` (PAPER=1);
 #            it and the low-dim sides with gallop's --tolerance;
 #   low-dim  (LOWDIM=1) `cram capacity --search gallop --low-dim K` with a
@@ -33,6 +36,7 @@
 #   LOWDIM [1] LOWDIM_K [32] PCA_TEXTS [40] TOLERANCE [12: gallop and climb
 #   stop when the failed target is within 12% of the verified prefix, finer
 #   than the grid's steps; 0: the exact horizon]
+#   STEP1_FLAGS [--stage-patience 300: no stage of step:1 ends by patience]
 #   TABLE_ONLY [0; 1: run nothing, print the table of what OUT holds (a
 #   side that has not finished all texts is left out)]
 #   KEEP [docs/study/capacity/MODEL; empty: keep nothing]
@@ -50,6 +54,7 @@ LOWDIM=${LOWDIM:-1}
 LOWDIM_K=${LOWDIM_K:-32}
 PCA_TEXTS=${PCA_TEXTS:-40}
 TOLERANCE=${TOLERANCE:-12}
+read -r -a STEP1_FLAGS <<<"${STEP1_FLAGS---stage-patience 300}"
 TABLE_ONLY=${TABLE_ONLY:-0}
 KEEP=${KEEP-docs/study/capacity/$MODEL}
 read -r -a EXTRA <<<"${CAPACITY_FLAGS:-}"
@@ -134,7 +139,7 @@ if [ "$TABLE_ONLY" != 1 ]; then
             --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
         keep "grid-$L"
     done
-    search step1 --search step:1 --start 1
+    search step1 --search step:1 --start 1 "${STEP1_FLAGS[@]}"
     [ "$PAPER" = 1 ] && search paper --search gallop --tolerance "$TOLERANCE" --protocol paper
     if [ "$LOWDIM" = 1 ]; then
         search lowdim-learned --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" --basis learned
