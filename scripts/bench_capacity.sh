@@ -5,15 +5,21 @@
 #            protocol; a text's result is its longest exact length; its cost
 #            the steps of all lengths;
 #   gallop   `cram capacity --search gallop --tolerance TOLERANCE` (default
-#            protocol);
+#            protocol and schedule: the cosine restarted per stage with a
+#            10-step ramp);
+#   gallop-text  the same with `--schedule text --stage-warmup 0` (the
+#            protocol's cosine over the text's budget, the default before
+#            2026-12-07), the baseline of the paper and low-dim sides;
 #   climb    `cram capacity --search climb --tolerance TOLERANCE`;
 #   step:1   `cram capacity --search step:1 --start 1 STEP1_FLAGS`
 #            (progressive cramming's growth; by default with the stage
 #            patience equal to the stage's step limit, so that a stage runs
 #            until it succeeds or has taken its 300 steps, as the peer's
-#            stages run to their step limit);
+#            stages run to their step limit, and the text schedule: the
+#            peer's, and the one its kept side ran with);
 #   paper    `cram capacity --search gallop --protocol paper` (PAPER=1);
-#            it and the low-dim sides with gallop's --tolerance;
+#            it and the low-dim sides with gallop's --tolerance and the
+#            text schedule (as their kept sides ran), against gallop-text;
 #   low-dim  (LOWDIM=1) `cram capacity --search gallop --low-dim K` with a
 #            learned basis (fitted on the texts' first 32 tokens) and with a
 #            PCA basis of the vectors of PCA_TEXTS other texts of DATA
@@ -36,7 +42,8 @@
 #   LOWDIM [1] LOWDIM_K [32] PCA_TEXTS [40] TOLERANCE [12: gallop and climb
 #   stop when the failed target is within 12% of the verified prefix, finer
 #   than the grid's steps; 0: the exact horizon]
-#   STEP1_FLAGS [--stage-patience 300: no stage of step:1 ends by patience]
+#   STEP1_FLAGS [--stage-patience 300 --schedule text --stage-warmup 0: no
+#   stage of step:1 ends by patience]
 #   TABLE_ONLY [0; 1: run nothing, print the table of what OUT holds (a
 #   side that has not finished all texts is left out)]
 #   KEEP [docs/study/capacity/MODEL; empty: keep nothing]
@@ -54,7 +61,9 @@ LOWDIM=${LOWDIM:-1}
 LOWDIM_K=${LOWDIM_K:-32}
 PCA_TEXTS=${PCA_TEXTS:-40}
 TOLERANCE=${TOLERANCE:-12}
-read -r -a STEP1_FLAGS <<<"${STEP1_FLAGS---stage-patience 300}"
+read -r -a STEP1_FLAGS <<<"${STEP1_FLAGS---stage-patience 300 --schedule text --stage-warmup 0}"
+# The schedule the kept paper and low-dim sides ran with.
+TEXT_SCHEDULE=(--schedule text --stage-warmup 0)
 TABLE_ONLY=${TABLE_ONLY:-0}
 KEEP=${KEEP-docs/study/capacity/$MODEL}
 read -r -a EXTRA <<<"${CAPACITY_FLAGS:-}"
@@ -126,6 +135,7 @@ PY
 }
 if [ "$TABLE_ONLY" != 1 ]; then
     search gallop --search gallop --tolerance "$TOLERANCE"
+    search gallop-text --search gallop --tolerance "$TOLERANCE" "${TEXT_SCHEDULE[@]}"
     search climb --search climb --tolerance "$TOLERANCE"
     for L in $GRID; do
         if from_study "$L"; then
@@ -140,9 +150,11 @@ if [ "$TABLE_ONLY" != 1 ]; then
         keep "grid-$L"
     done
     search step1 --search step:1 --start 1 "${STEP1_FLAGS[@]}"
-    [ "$PAPER" = 1 ] && search paper --search gallop --tolerance "$TOLERANCE" --protocol paper
+    [ "$PAPER" = 1 ] && search paper --search gallop --tolerance "$TOLERANCE" --protocol paper \
+        "${TEXT_SCHEDULE[@]}"
     if [ "$LOWDIM" = 1 ]; then
-        search lowdim-learned --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" --basis learned
+        search lowdim-learned --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" --basis learned \
+            "${TEXT_SCHEDULE[@]}"
     fi
     if [ "$LOWDIM" = 1 ] && ! kept lowdim-pca; then
         python3 - "$DATA" "$PCA_TEXTS" >"$OUT/pca-texts.jsonl" <<'PY'
@@ -158,7 +170,7 @@ PY
         "$CRAM" --quiet compress --model "$MODEL" --input "$OUT/pca-texts.jsonl" --tokens 16 --batch 8 \
             --json -o "$OUT/pca-source" >"$OUT/pca-source.jsonl"
         search lowdim-pca --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" \
-            --basis "pca:$OUT/pca-source"
+            --basis "pca:$OUT/pca-source" "${TEXT_SCHEDULE[@]}"
     fi
 fi
 
@@ -186,7 +198,7 @@ for L in grid:
         if r["exact"]:
             best[i] = max(best[i], L)
 grid_done = not missing
-names = {"gallop": "gallop", "climb": "climb", "step1": "step:1", "paper": "paper gallop"}
+names = {"gallop": "gallop", "gallop-text": "gallop (text schedule)", "climb": "climb", "step1": "step:1", "paper": "paper gallop"}
 runs = {k: v for k in names if (v := lines(f"{out}/{k}.jsonl"))}
 print(f"Model `{model}`, {n} texts, one vector; grid lengths {', '.join(sources) or 'none'} "
       "(500 steps each at most, default protocol)"
@@ -204,9 +216,9 @@ tot = lambda rs: sum(r["steps"] for r in rs)
 secs = lambda rs: sum(r["seconds"] for r in rs)
 print(f"| **all** | mean {statistics.mean(best):.1f} | {sum(gsteps)} |" + "".join(f" mean {mean(rs):.1f} | {tot(rs)} |" for rs in runs.values()))
 print()
-g, s1, pa = runs.get("gallop"), runs.get("step1"), runs.get("paper")
+gt, s1, pa = runs.get("gallop-text"), runs.get("step1"), runs.get("paper")
 # Issue 14's ratios, for each search that doubles (gallop, climb).
-for k in ("gallop", "climb"):
+for k in ("gallop", "gallop-text", "climb"):
     rs = runs.get(k)
     if rs and grid_done:
         ge = sum(rs[i]["horizon"] >= best[i] for i in range(n))
@@ -216,20 +228,21 @@ for k in ("gallop", "climb"):
         print(f"- mean horizon, {k} vs step:1: {mean(rs):.1f} vs {mean(s1):.1f} ({100 * (mean(rs) - mean(s1)) / mean(s1):+.1f}%, target within ±10%)")
         print(f"- optimisation steps, step:1 / {k}: {tot(s1) / tot(rs):.2f}× (target ≥ 1.5×)")
 print("- seconds in a batch (sum over texts): " + ", ".join(f"{names[k]} {secs(rs):.0f}" for k, rs in runs.items()))
-if g and pa:
-    print(f"- mean horizon, default protocol / paper protocol (gallop): {mean(g):.1f} / {mean(pa):.1f} = {mean(g) / max(mean(pa), 1e-9):.2f}×")
+# The paper and low-dim sides ran with the text schedule: against gallop-text.
+if gt and pa:
+    print(f"- mean horizon, default protocol / paper protocol (gallop, text schedule): {mean(gt):.1f} / {mean(pa):.1f} = {mean(gt) / max(mean(pa), 1e-9):.2f}×")
 low = {k: v for k in ("learned", "pca") if (v := lines(f"{out}/lowdim-{k}.jsonl"))}
-if g and low:
+if gt and low:
     def fit_steps(k):
         p = f"{out}/lowdim-{k}.fit-steps"
         if not os.path.exists(p) and keep:
             p = f"{keep}/lowdim-{k}.fit-steps"
         return open(p).read().strip() if os.path.exists(p) else "–"
-    print(f"\nLow-dimensional vectors (gallop, z of size {K}), same texts:\n")
+    print(f"\nLow-dimensional vectors (gallop, text schedule, z of size {K}), same texts:\n")
     print("| vectors | mean horizon | median horizon | steps (all texts) | basis fitting steps |")
     print("|---|---:|---:|---:|---:|")
     med = lambda rs: statistics.median(r["horizon"] for r in rs)
-    print(f"| full | {mean(g):.1f} | {med(g)} | {tot(g)} | – |")
+    print(f"| full | {mean(gt):.1f} | {med(gt)} | {tot(gt)} | – |")
     for k, name in (("learned", "learned basis"), ("pca", "PCA basis")):
         if k in low:
             print(f"| {name} | {mean(low[k]):.1f} | {med(low[k])} | {tot(low[k])} | {fit_steps(k)} |")

@@ -134,6 +134,7 @@ fn capacity_reports_verified_horizons_writes_decodable_vectors_and_resumes() {
     );
     for (flag, value, key) in [
         ("--stage-warmup", "5", "capacity.stage_warmup"),
+        ("--schedule", "text", "capacity.schedule"),
         ("--patience-from", "start", "capacity.patience_from"),
         ("--tolerance", "10", "capacity.tolerance"),
     ] {

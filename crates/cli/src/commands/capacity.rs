@@ -67,8 +67,9 @@ pub struct CapacityArgs {
     pub budget: usize,
     /// Learning-rate schedule: text (the protocol's warm-up and cosine over
     /// the text's budget, restored with a checkpoint) or stage (the cosine
-    /// restarted at every stage, over --stage-steps).
-    #[arg(long, default_value = "text")]
+    /// restarted at every stage, over --stage-steps). Runs made before
+    /// `stage` was the default resume with `--schedule text --stage-warmup 0`.
+    #[arg(long, default_value_t = CapacityConfig::new(Search::Gallop).schedule)]
     pub schedule: Schedule,
     /// The learning rate ramps up over the first STEPS steps of every stage
     /// after a text's first (for a warm start, whose first updates can

@@ -68,6 +68,15 @@ impl std::str::FromStr for Schedule {
     }
 }
 
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Stage => "stage",
+        })
+    }
+}
+
 /// What a stage's patience counts progress against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -140,10 +149,11 @@ pub struct CapacityConfig {
     pub schedule: Schedule,
     /// The learning rate ramps up linearly over the first this many steps
     /// of every stage after a text's first (whose ramp is the protocol's
-    /// warm-up); 0 (the default): no ramp. Meant for a warm start, which
+    /// warm-up); 0: no ramp; 10 by default. Meant for a warm start, which
     /// sits at the optimum of a shorter prefix where a full-size first
     /// update can throw the vectors out of it (docs/capacity.md measures
-    /// it). 0 is not written, so stores from before this setting resume.
+    /// it). 0 is not written, so stores from before this setting resume
+    /// (with `--stage-warmup 0`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stage_warmup: usize,
 }
@@ -160,8 +170,8 @@ impl CapacityConfig {
             patience_from: PatienceFrom::Update,
             tolerance: 0,
             budget: 3000,
-            schedule: Schedule::Text,
-            stage_warmup: 0,
+            schedule: Schedule::Stage,
+            stage_warmup: 10,
         }
     }
 
@@ -831,6 +841,7 @@ mod tests {
         let mut cfg = CapacityConfig::new(Search::Gallop);
         cfg.budget = 1010;
         cfg.stage_steps = 100;
+        cfg.schedule = Schedule::Text;
         cfg.stage_warmup = 0;
         // Text: warm-up, then one cosine over the budget, whatever the stage.
         assert!((cfg.lr(&opt, 5, 5) - 0.15).abs() < 1e-12);
@@ -857,17 +868,25 @@ mod tests {
     }
 
     #[test]
-    fn runs_from_before_the_stage_warmup_resume_with_it_off() {
-        let mut cfg = CapacityConfig::new(Search::Gallop);
-        cfg.stage_warmup = 10;
-        let on = serde_json::to_value(&cfg).unwrap();
-        assert_eq!(on["stage_warmup"], 10);
-        cfg.stage_warmup = 0;
-        assert_eq!(cfg, CapacityConfig::new(Search::Gallop));
-        let off = serde_json::to_value(&cfg).unwrap();
-        assert!(off.get("stage_warmup").is_none(), "{off}");
-        let old: CapacityConfig = serde_json::from_value(off.clone()).unwrap();
-        assert_eq!(old, cfg);
+    fn runs_from_before_the_stage_defaults_resume_with_text_and_no_ramp() {
+        let cfg = CapacityConfig::new(Search::Gallop);
+        let now = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(now["schedule"], "stage");
+        assert_eq!(now["stage_warmup"], 10);
+        // A store from before: schedule `text`, no `stage_warmup` key.
+        let mut before = now.clone();
+        before.as_object_mut().unwrap().remove("stage_warmup");
+        before["schedule"] = "text".into();
+        let old: CapacityConfig = serde_json::from_value(before.clone()).unwrap();
+        assert_eq!((old.schedule, old.stage_warmup), (Schedule::Text, 0));
+        // `--schedule text --stage-warmup 0` write the same settings back,
+        // so the store takes them.
+        let resumed = CapacityConfig {
+            schedule: Schedule::Text,
+            stage_warmup: 0,
+            ..cfg
+        };
+        assert_eq!(serde_json::to_value(&resumed).unwrap(), before);
     }
 
     #[test]

@@ -72,12 +72,12 @@ pub struct CapacitySweep {
     /// Most steps per text.
     #[serde(default = "default_budget")]
     pub budget: usize,
-    /// The learning-rate schedule.
+    /// The learning-rate schedule [default: stage].
     #[serde(default)]
     pub schedule: Schedule,
     /// The learning rate's ramp at the start of every later stage, in steps
-    /// [default: 0, none].
-    #[serde(default)]
+    /// [default: 10; 0: none].
+    #[serde(default = "default_stage_warmup")]
     pub stage_warmup: usize,
     /// Sizes of `z`, each a unit of its own; 0: full vectors [default: 0].
     #[serde(default = "default_low_dim")]
@@ -116,6 +116,10 @@ fn default_stage_patience() -> usize {
 
 fn default_patience_from() -> PatienceFrom {
     CapacityConfig::new(Search::Gallop).patience_from
+}
+
+fn default_stage_warmup() -> usize {
+    CapacityConfig::new(Search::Gallop).stage_warmup
 }
 
 fn default_budget() -> usize {
