@@ -41,17 +41,19 @@ pub use search::{Search, SearchState};
 pub use store::CapacityStore;
 
 /// How the learning rate moves during a capacity search.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// The protocol's warm-up and cosine, spanned over the text's whole
     /// `budget` and indexed by its AdamW step count (which the checkpoint
     /// carries, so a restored probe also restores its learning rate), as
     /// progressive cramming does.
-    #[default]
     Text,
     /// The protocol's cosine restarted at every stage and spanned over
     /// `stage_steps`; the warm-up only over the text's first updates.
+    /// `CapacityConfig::new`'s: with a warm start's ramp (`stage_warmup`
+    /// 10) it reached longer horizons than `Text` in fewer steps
+    /// (docs/capacity.md).
     Stage,
 }
 

@@ -73,7 +73,7 @@ pub struct CapacitySweep {
     #[serde(default = "default_budget")]
     pub budget: usize,
     /// The learning-rate schedule [default: stage].
-    #[serde(default)]
+    #[serde(default = "default_schedule")]
     pub schedule: Schedule,
     /// The learning rate's ramp at the start of every later stage, in steps
     /// [default: 10; 0: none].
@@ -116,6 +116,10 @@ fn default_stage_patience() -> usize {
 
 fn default_patience_from() -> PatienceFrom {
     CapacityConfig::new(Search::Gallop).patience_from
+}
+
+fn default_schedule() -> Schedule {
+    CapacityConfig::new(Search::Gallop).schedule
 }
 
 fn default_stage_warmup() -> usize {
@@ -406,4 +410,24 @@ pub fn run(
         }
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capacity_table_without_search_settings_takes_the_commands_defaults() {
+        let sweep: CapacitySweep = toml::from_str("max_tokens = 64").unwrap();
+        for search in [Search::Gallop, Search::Climb, Search::Step(3)] {
+            let cfg = sweep.config(search);
+            assert_eq!(
+                cfg,
+                CapacityConfig {
+                    max_tokens: Some(64),
+                    ..CapacityConfig::new(search)
+                }
+            );
+        }
+    }
 }
