@@ -11,8 +11,9 @@
 # both `cram capacity --search gallop --tolerance 12`, one vector, 128 tokens
 # at most, batch 8. Prints per text each side's horizon and steps, the means
 # and the wins, then the same with the benchmark's 8 texts added from KEEP
-# (its `gallop-text` and `gallop` sides, run with the same two settings) when they are there. Runs resume (OUT is kept); a side that
-# finished is copied into KEEP and taken from there next time.
+# (its `gallop-text` and `gallop` sides, run with the same two settings)
+# when they are there. Runs resume (OUT is kept); a side that finished is
+# copied into KEEP and taken from there next time.
 #
 # Usage: bash scripts/schedule_study.sh
 # Environment: MODEL [smollm2-135m] DATA [../shared/data/pg19_standin.csv]
@@ -59,9 +60,9 @@ side() { # NAME FLAGS...
 side text --schedule text --stage-warmup 0
 side stage-w10 --schedule stage --stage-warmup 10
 
-python3 - "$OUT" "$KEEP" <<'PY'
+python3 - "$OUT" "$KEEP" "$N" <<'PY'
 import json, os, sys
-out, keep = sys.argv[1], sys.argv[2]
+out, keep, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 
 def rows(path):
     rs = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
@@ -87,7 +88,7 @@ def table(title, a, b):
           f"longer on {up}, shorter on {down}, equal on {n - up - down}")
 
 a, b = rows(f"{out}/text.jsonl"), rows(f"{out}/stage-w10.jsonl")
-if len(a) != len(b) or not a:
+if len(a) != n or len(b) != n:
     sys.exit("a side has not finished all texts yet")
 table("New texts (not the benchmark's)", a, b)
 if keep:
