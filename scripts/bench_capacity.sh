@@ -24,7 +24,13 @@
 #            learned basis (fitted on the texts' first 32 tokens) and with a
 #            PCA basis of the vectors of PCA_TEXTS other texts of DATA
 #            (`cram compress --tokens 16`, rows between the study's);
-#            printed as a second table beside the full vectors' gallop.
+#            printed as a second table beside the full vectors' gallop;
+#   lowdim-fitF  (LOWDIM=1) `cram capacity --search gallop --low-dim K
+#            --basis learned --fit-tokens F --start F` (F = LOWDIM_FIT,
+#            default schedule): the basis fitted on the texts' first F tokens
+#            and the search starting at F; against the grid with the basis's
+#            fitting steps counted once per fitted text (a joint step is a
+#            forward/backward of every fitted text).
 # Every side runs on the same texts; the script prints a Markdown table and
 # the ratios issue 14 asks for. Step counts do not depend on the machine's
 # load; seconds do. A side that finishes all texts is kept in KEEP (its
@@ -39,7 +45,7 @@
 #   both capacity searches] GRID_FROM [unset; a convergence-study JSONL
 #   (docs/study/convergence.jsonl): its `cram` cells at the grid's lengths
 #   are used instead of running those lengths again; the table says which]
-#   LOWDIM [1] LOWDIM_K [32] PCA_TEXTS [40] TOLERANCE [12: gallop and climb
+#   LOWDIM [1] LOWDIM_K [32] LOWDIM_FIT [64] PCA_TEXTS [40] TOLERANCE [12: gallop and climb
 #   stop when the failed target is within 12% of the verified prefix, finer
 #   than the grid's steps; 0: the exact horizon]
 #   STEP1_FLAGS [--stage-patience 300 --schedule text --stage-warmup 0: no
@@ -59,6 +65,7 @@ OUT=${OUT:-target/bench_capacity}
 GRID_FROM=${GRID_FROM:-}
 LOWDIM=${LOWDIM:-1}
 LOWDIM_K=${LOWDIM_K:-32}
+LOWDIM_FIT=${LOWDIM_FIT:-64}
 PCA_TEXTS=${PCA_TEXTS:-40}
 TOLERANCE=${TOLERANCE:-12}
 read -r -a STEP1_FLAGS <<<"${STEP1_FLAGS---stage-patience 300 --schedule text --stage-warmup 0}"
@@ -172,11 +179,15 @@ PY
         search lowdim-pca --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" \
             --basis "pca:$OUT/pca-source" "${TEXT_SCHEDULE[@]}"
     fi
+    if [ "$LOWDIM" = 1 ]; then
+        search "lowdim-fit$LOWDIM_FIT" --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" \
+            --basis learned --fit-tokens "$LOWDIM_FIT" --start "$LOWDIM_FIT"
+    fi
 fi
 
-python3 - "$OUT" "$GRID" "$MODEL" "$NTEXTS" "$LOWDIM_K" "$KEEP" <<'PY'
+python3 - "$OUT" "$GRID" "$MODEL" "$NTEXTS" "$LOWDIM_K" "$KEEP" "$LOWDIM_FIT" <<'PY'
 import json, os, statistics, sys
-out, grid, model, n, K, keep = sys.argv[1], list(map(int, sys.argv[2].split())), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
+out, grid, model, n, K, keep, F = sys.argv[1], list(map(int, sys.argv[2].split())), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
 def lines(p):
     # A side's rows by text (from OUT, else from KEEP), or None while the
     # side has not finished all texts (its table leaves the side out).
@@ -246,4 +257,28 @@ if gt and low:
     for k, name in (("learned", "learned basis"), ("pca", "PCA basis")):
         if k in low:
             print(f"| {name} | {mean(low[k]):.1f} | {med(low[k])} | {tot(low[k])} | {fit_steps(k)} |")
+# The basis fitted at F tokens, the search starting at F (default schedule).
+name = f"lowdim-fit{F}"
+lf = lines(f"{out}/{name}.jsonl")
+fp = f"{out}/{name}.fit-steps"
+if not os.path.exists(fp) and keep:
+    fp = os.path.join(keep, os.path.basename(fp))
+if lf and os.path.exists(fp):
+    fit = int(open(fp).read())
+    fitted = min(8, n)  # the basis fits on the run's first --batch (8) texts
+    cost = tot(lf) + fit * fitted
+    print(f"\nLow-dimensional vectors with the basis fitted at {F} tokens (`{name}`: gallop --low-dim {K} "
+          f"--basis learned --fit-tokens {F} --start {F}, default schedule), same texts:\n")
+    print(f"| text | grid: longest exact | {name} horizon | {name} steps |")
+    print("|---|---:|---:|---:|")
+    for i in range(n):
+        print(f"| {lf[i]['id']} | {best[i]} | {lf[i]['horizon']} | {lf[i]['steps']} |")
+    print(f"| **all** | mean {statistics.mean(best):.1f} | mean {mean(lf):.1f} | {tot(lf)} |\n")
+    print(f"- basis fitting: {fit} joint steps of {fitted} texts = {fit * fitted} text steps; with the search's {tot(lf)}: {cost}")
+    if grid_done:
+        ge = sum(lf[i]["horizon"] >= best[i] for i in range(n))
+        print(f"- {name} horizon ≥ the grid's longest exact length: {ge}/{n} texts (target ≥ {n - n // 8})")
+        print(f"- optimisation steps, grid / {name} (fitting counted): {sum(gsteps) / cost:.2f}× (target ≥ 3×)")
+    if "gallop" in runs:
+        print(f"- mean horizon, {name} vs gallop (full vectors): {mean(lf):.1f} vs {mean(runs['gallop']):.1f}")
 PY
