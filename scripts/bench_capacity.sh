@@ -188,11 +188,19 @@ fi
 python3 - "$OUT" "$GRID" "$MODEL" "$NTEXTS" "$LOWDIM_K" "$KEEP" "$LOWDIM_FIT" <<'PY'
 import json, os, statistics, sys
 out, grid, model, n, K, keep, F = sys.argv[1], list(map(int, sys.argv[2].split())), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
+def side_file(p):
+    # A side's file from OUT, else from KEEP.
+    if not os.path.exists(p) and keep:
+        p = os.path.join(keep, os.path.basename(p))
+    return p
+def fit_steps(name):
+    # A low-dim side's basis fitting steps, or None.
+    p = side_file(f"{out}/{name}.fit-steps")
+    return int(open(p).read()) if os.path.exists(p) else None
 def lines(p):
     # A side's rows by text (from OUT, else from KEEP), or None while the
     # side has not finished all texts (its table leaves the side out).
-    if not os.path.exists(p) and keep:
-        p = os.path.join(keep, os.path.basename(p))
+    p = side_file(p)
     rows = [json.loads(l) for l in open(p)] if os.path.exists(p) else []
     return sorted(rows, key=lambda r: r["index"]) if len(rows) == n else None
 best, gsteps, sources, missing = [0] * n, [0] * n, [], []
@@ -244,11 +252,6 @@ if gt and pa:
     print(f"- mean horizon, default protocol / paper protocol (gallop, text schedule): {mean(gt):.1f} / {mean(pa):.1f} = {mean(gt) / max(mean(pa), 1e-9):.2f}×")
 low = {k: v for k in ("learned", "pca") if (v := lines(f"{out}/lowdim-{k}.jsonl"))}
 if gt and low:
-    def fit_steps(k):
-        p = f"{out}/lowdim-{k}.fit-steps"
-        if not os.path.exists(p) and keep:
-            p = f"{keep}/lowdim-{k}.fit-steps"
-        return open(p).read().strip() if os.path.exists(p) else "–"
     print(f"\nLow-dimensional vectors (gallop, text schedule, z of size {K}), same texts:\n")
     print("| vectors | mean horizon | median horizon | steps (all texts) | basis fitting steps |")
     print("|---|---:|---:|---:|---:|")
@@ -256,15 +259,11 @@ if gt and low:
     print(f"| full | {mean(gt):.1f} | {med(gt)} | {tot(gt)} | – |")
     for k, name in (("learned", "learned basis"), ("pca", "PCA basis")):
         if k in low:
-            print(f"| {name} | {mean(low[k]):.1f} | {med(low[k])} | {tot(low[k])} | {fit_steps(k)} |")
+            print(f"| {name} | {mean(low[k]):.1f} | {med(low[k])} | {tot(low[k])} | {'–' if (f := fit_steps(f'lowdim-{k}')) is None else f} |")
 # The basis fitted at F tokens, the search starting at F (default schedule).
 name = f"lowdim-fit{F}"
-lf = lines(f"{out}/{name}.jsonl")
-fp = f"{out}/{name}.fit-steps"
-if not os.path.exists(fp) and keep:
-    fp = os.path.join(keep, os.path.basename(fp))
-if lf and os.path.exists(fp):
-    fit = int(open(fp).read())
+lf, fit = lines(f"{out}/{name}.jsonl"), fit_steps(name)
+if lf and fit is not None:
     fitted = min(8, n)  # the basis fits on the run's first --batch (8) texts
     cost = tot(lf) + fit * fitted
     print(f"\nLow-dimensional vectors with the basis fitted at {F} tokens (`{name}`: gallop --low-dim {K} "
