@@ -21,15 +21,20 @@
 #            it and the low-dim sides with gallop's --tolerance and the
 #            text schedule (as their kept sides ran), against gallop-text;
 #   low-dim  (LOWDIM=1) `cram capacity --search gallop --low-dim K` with a
-#            learned basis (fitted on the texts' first 32 tokens) and with a
+#            learned basis (fitted on the texts' first 32 tokens, the search
+#            from 8 tokens, every z from 0: the defaults before 2026-12-07) and with a
 #            PCA basis of the vectors of PCA_TEXTS other texts of DATA
 #            (`cram compress --tokens 16`, rows between the study's);
 #            printed as a second table beside the full vectors' gallop;
 #   lowdim-fitF  (LOWDIM=1) `cram capacity --search gallop --low-dim K
-#            --basis learned --fit-tokens F --start F` (F = LOWDIM_FIT,
-#            default schedule): the basis fitted on the texts' first F tokens
-#            and the search starting at F; against the grid with the basis's
-#            fitting steps counted once per fitted text (a joint step is a
+#            --basis learned --fit-tokens F --start F --z-start zero` (F =
+#            LOWDIM_FIT, default schedule): the basis fitted on the texts'
+#            first F tokens, the search starting at F with every z from 0;
+#   lowdim   (LOWDIM=1) `cram capacity --search gallop --low-dim K`: the
+#            low-dim defaults (a learned basis fitted at 64 tokens, the
+#            fitted texts from their fitted z, the search from 64);
+#            these two against the grid with the basis's fitting steps
+#            counted once per fitted text (a joint step is a
 #            forward/backward of every fitted text).
 # Every side runs on the same texts; the script prints a Markdown table and
 # the ratios issue 14 asks for. Step counts do not depend on the machine's
@@ -130,13 +135,7 @@ search() { # NAME FLAGS...
     "$CRAM" --quiet capacity --model "$MODEL" --input "$OUT/texts.jsonl" --max-tokens "$MAXL" \
         --batch 8 --out "$OUT/$name" --json "${EXTRA[@]}" "$@" >"$OUT/$name.jsonl"
     if [ -f "$OUT/$name/basis.safetensors" ]; then
-        # The basis's fitting steps (safetensors: 8-byte length, then JSON).
-        python3 - "$OUT/$name/basis.safetensors" >"$OUT/$name.fit-steps" <<'PY'
-import json, sys
-with open(sys.argv[1], "rb") as f:
-    head = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-print(json.loads(head["__metadata__"]["cram-basis"])["fit_steps"])
-PY
+        python3 scripts/basis_fit_steps.py "$OUT/$name/basis.safetensors" >"$OUT/$name.fit-steps"
     fi
     keep "$name"
 }
@@ -161,7 +160,7 @@ if [ "$TABLE_ONLY" != 1 ]; then
         "${TEXT_SCHEDULE[@]}"
     if [ "$LOWDIM" = 1 ]; then
         search lowdim-learned --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" --basis learned \
-            "${TEXT_SCHEDULE[@]}"
+            --fit-tokens 32 --start 8 --z-start zero "${TEXT_SCHEDULE[@]}"
     fi
     if [ "$LOWDIM" = 1 ] && ! kept lowdim-pca; then
         python3 - "$DATA" "$PCA_TEXTS" >"$OUT/pca-texts.jsonl" <<'PY'
@@ -181,7 +180,8 @@ PY
     fi
     if [ "$LOWDIM" = 1 ]; then
         search "lowdim-fit$LOWDIM_FIT" --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" \
-            --basis learned --fit-tokens "$LOWDIM_FIT" --start "$LOWDIM_FIT"
+            --basis learned --fit-tokens "$LOWDIM_FIT" --start "$LOWDIM_FIT" --z-start zero
+        search lowdim --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K"
     fi
 fi
 
@@ -260,14 +260,18 @@ if gt and low:
     for k, name in (("learned", "learned basis"), ("pca", "PCA basis")):
         if k in low:
             print(f"| {name} | {mean(low[k]):.1f} | {med(low[k])} | {tot(low[k])} | {'–' if (f := fit_steps(f'lowdim-{k}')) is None else f} |")
-# The basis fitted at F tokens, the search starting at F (default schedule).
-name = f"lowdim-fit{F}"
-lf, fit = lines(f"{out}/{name}.jsonl"), fit_steps(name)
-if lf and fit is not None:
+# Low-dim sides against the grid, the basis's fitting steps counted once
+# per fitted text: the basis fitted at F tokens with every z from 0, and the
+# low-dim defaults (fitted at 64 tokens, fitted texts from their fitted z,
+# the search from 64).
+for name, how in ((f"lowdim-fit{F}", f"--basis learned --fit-tokens {F} --start {F} --z-start zero"),
+                  ("lowdim", "the low-dim defaults: learned basis fitted at 64 tokens, fitted z start, search from 64")):
+    lf, fit = lines(f"{out}/{name}.jsonl"), fit_steps(name)
+    if not lf or fit is None:
+        continue
     fitted = min(8, n)  # the basis fits on the run's first --batch (8) texts
     cost = tot(lf) + fit * fitted
-    print(f"\nLow-dimensional vectors with the basis fitted at {F} tokens (`{name}`: gallop --low-dim {K} "
-          f"--basis learned --fit-tokens {F} --start {F}, default schedule), same texts:\n")
+    print(f"\nLow-dimensional vectors, `{name}` (gallop --low-dim {K}, {how}; default schedule), same texts:\n")
     print(f"| text | grid: longest exact | {name} horizon | {name} steps |")
     print("|---|---:|---:|---:|")
     for i in range(n):

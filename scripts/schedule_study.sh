@@ -8,6 +8,10 @@
 #              the text's budget, carried from stage to stage)
 #   stage-w10  `--schedule stage --stage-warmup 10` (the cosine restarted at
 #              every stage, with a 10-step ramp after a warm start)
+#   lowdim     (LOWDIM=1, the default) stage-w10 with `--low-dim 32 --basis
+#              learned --fit-tokens 64 --z-start fitted --start 64` (the
+#              low-dimensional defaults of 2026-12-07, spelled out), printed
+#              after the two with its basis's fitting steps
 # both `cram capacity --search gallop --tolerance 12`, one vector, 128 tokens
 # at most, batch 8. Prints per text each side's horizon and steps, the means
 # and the wins, then the same with the benchmark's 8 texts added from KEEP
@@ -45,20 +49,27 @@ side() { # NAME FLAGS...
     shift
     if [ -n "$KEEP" ] && [ -f "$KEEP/schedule/$name.jsonl" ] &&
         [ "$(wc -l <"$KEEP/schedule/$name.jsonl")" -eq "$N" ]; then
-        cp "$KEEP/schedule/$name.jsonl" "$OUT/"
+        cp "$KEEP/schedule/$name".* "$OUT/"
         echo "$name: kept in $KEEP/schedule" >&2
         return 0
     fi
     echo "capacity $name ..." >&2
     "$CRAM" --quiet capacity --model "$MODEL" --input "$OUT/texts.jsonl" --max-tokens 128 \
         --batch 8 --out "$OUT/$name" --json --search gallop --tolerance 12 "$@" >"$OUT/$name.jsonl"
+    if [ -f "$OUT/$name/basis.safetensors" ]; then
+        python3 scripts/basis_fit_steps.py "$OUT/$name/basis.safetensors" >"$OUT/$name.fit-steps"
+    fi
     if [ -n "$KEEP" ] && [ "$(wc -l <"$OUT/$name.jsonl")" -eq "$N" ]; then
         mkdir -p "$KEEP/schedule"
-        cp "$OUT/$name.jsonl" "$KEEP/schedule/"
+        cp "$OUT/$name".* "$KEEP/schedule/"
     fi
 }
 side text --schedule text --stage-warmup 0
 side stage-w10 --schedule stage --stage-warmup 10
+if [ "${LOWDIM:-1}" = 1 ]; then
+    side lowdim --schedule stage --stage-warmup 10 --low-dim 32 --basis learned --fit-tokens 64 \
+        --z-start fitted --start 64
+fi
 
 python3 - "$OUT" "$KEEP" "$N" <<'PY'
 import json, os, sys
@@ -96,4 +107,21 @@ if keep:
     kb = rows(f"{keep}/gallop.jsonl")
     if ka and kb:
         table("With the benchmark's 8 texts", {**ka, **a}, {**kb, **b})
+c = rows(f"{out}/lowdim.jsonl")
+if len(c) == n:
+    fit = int(open(f"{out}/lowdim.fit-steps").read())
+    fitted = min(8, n)  # the basis fits on the run's first --batch (8) texts
+    print("\nLow-dimensional vectors (`lowdim`: stage-w10 with a learned basis of "
+          "k 32 fitted at 64 tokens, fitted z start, from 64), new texts\n")
+    print("| text | stage-w10: horizon | steps | lowdim: horizon | steps |")
+    print("|---|---:|---:|---:|---:|")
+    for i in b:
+        print(f"| {i} | {b[i]['horizon']} | {b[i]['steps']} | {c[i]['horizon']} | {c[i]['steps']} |")
+    hb = sum(r["horizon"] for r in b.values()) / n
+    hc = sum(r["horizon"] for r in c.values()) / n
+    sb = sum(r["steps"] for r in b.values())
+    sc = sum(r["steps"] for r in c.values())
+    print(f"| **mean / total** | {hb:.1f} | {sb} | {hc:.1f} | {sc} |")
+    print(f"\nbasis fitting: {fit} joint steps of {fitted} texts = {fit * fitted} text steps; "
+          f"lowdim with them: {sc + fit * fitted} steps")
 PY

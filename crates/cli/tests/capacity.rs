@@ -425,3 +425,61 @@ fn low_dimensional_capacity_runs_keep_their_basis_and_resume() {
         );
     }
 }
+
+#[test]
+fn a_learned_basis_starts_its_fitted_texts_from_their_fitted_z_at_the_fitting_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = texts(tmp.path());
+    let model = model();
+    // A run (name, z start, extra flags): its lines and, per text, its
+    // first traced step.
+    let go = |name: &str, z_start: &str, extra: &[&str]| {
+        let out = tmp.path().join(name).display().to_string();
+        let trace = tmp.path().join(format!("{name}.trace"));
+        let trace_s = trace.display().to_string();
+        let mut args = vec!["capacity", "--model", &model, "--input", &input];
+        args.extend_from_slice(&["--out", &out, "--json", "--trace", &trace_s]);
+        args.extend_from_slice(FAST);
+        args.extend_from_slice(&["--max-tokens", "10", "--batch", "2", "--low-dim", "16"]);
+        args.extend_from_slice(&["--fit-tokens", "6", "--z-start", z_start]);
+        args.extend_from_slice(extra);
+        let lines = run(&args);
+        let first: std::collections::BTreeMap<u64, Json> = std::fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Json>(l).unwrap())
+            .filter(|r| r["stage"] == 0 && r["stage_step"] == 1)
+            .map(|r| (r["index"].as_u64().unwrap(), r))
+            .collect();
+        (lines, first)
+    };
+    let vecs = tmp.path().join("vectors").display().to_string();
+    let (fitted_lines, fitted) = go("fitted", "fitted", &["-o", &vecs]);
+    let (_, zero) = go("zero", "zero", &[]);
+    let (_, zero6) = go("zero6", "zero", &["--start", "6"]);
+    assert_eq!(fitted.len(), 3);
+    // Under `fitted` the search starts at the fitting length; under `zero`
+    // at gallop's 8 (the texts are 10 tokens at most).
+    for r in fitted.values() {
+        assert_eq!(r["target"], 6, "{r}");
+    }
+    for r in zero.values() {
+        assert_eq!(r["target"], 8, "{r}");
+    }
+    // The two fitting texts (the first --batch) start where the fit left
+    // them: below the loss of z = 0 on the same 6 tokens; the third did
+    // not fit the basis and starts from 0 either way.
+    let loss = |r: &Json| r["loss"].as_f64().unwrap();
+    for i in [0, 1] {
+        assert!(
+            loss(&fitted[&i]) < loss(&zero6[&i]),
+            "text {i}: fitted {} vs zero {}",
+            fitted[&i],
+            zero6[&i]
+        );
+    }
+    // (equal up to the batch's rounding: its batch mates differ)
+    let (a, b) = (loss(&fitted[&2]), loss(&zero6[&2]));
+    assert!((a - b).abs() <= 1e-5 * b, "text 2 did not fit: {a} vs {b}");
+    check_files(&fitted_lines);
+}

@@ -786,11 +786,21 @@ impl<'a> Engine<'a> {
     }
 
     /// The starting state of text `index` of the input: the shared start
-    /// (`mean`, `token:ID`) or `randn * std` from the text's seed stream.
+    /// (`mean`, `token:ID`) or `randn * std` from the text's seed stream;
+    /// under low-dimensional settings its `z` (the fitted one when the
+    /// settings ask for it and the text fitted the basis).
     pub fn initial_state(&self, index: usize) -> OptState {
         let info = self.model.info();
         if let Some(l) = &self.cfg.low_dim {
-            return OptState::start(crate::lowdim::initial_z(self, index, l.k));
+            let n = self.cfg.n_mem * l.k;
+            let fitted = (l.z_start == crate::lowdim::ZStart::Fitted)
+                .then(|| self.basis.as_ref().and_then(|b| b.fitted(index)))
+                .flatten()
+                .filter(|z| z.len() == n);
+            return OptState::start(match fitted {
+                Some(z) => z.to_vec(),
+                None => crate::lowdim::initial_z(self, index, l.k),
+            });
         }
         OptState::start(match &self.start {
             Some(v) => v.clone(),

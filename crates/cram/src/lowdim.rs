@@ -22,13 +22,16 @@
 //!   `max_steps` ([`learn`]). The basis is then frozen, and every text of
 //!   the run, the fitting texts included, is crammed into its `z` under it:
 //!   a basis that kept moving after a text's decoding was verified would
-//!   no longer decode that text.
+//!   no longer decode that text. The basis keeps the fitting texts' last
+//!   `z`, and with `z_start = fitted` (the default) those texts start from
+//!   it instead of 0 ([`ZStart`]); `cram capacity` then starts its search
+//!   at the fitting length ([`LowDim::default_start`]).
 //!
 //! The basis is saved beside the vectors ([`BASIS_FILE`]); a vector file
 //! records its name and SHA-256, and `decompress` reads it.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
@@ -44,6 +47,10 @@ pub const BASIS_FILE: &str = "basis.safetensors";
 /// The basis file's format tag.
 pub const BASIS_FORMAT: &str = "cram-basis/1";
 const META_KEY: &str = "cram-basis";
+/// The fitting length of a learned basis in `cram capacity` and capacity
+/// sweeps when none is given: on SmolLM2-135M a basis fitted at 32 tokens
+/// held 32–34, one fitted at 64 held 64 of each text (docs/capacity.md).
+pub const CAPACITY_FIT_TOKENS: usize = 64;
 
 /// Where a basis comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +91,43 @@ impl std::fmt::Display for BasisKind {
 
 serde_as_string!(BasisKind);
 
+/// Where a text's `z` starts under a basis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZStart {
+    /// 0 (or `randn × std` for the `randn` initialisation) for every text.
+    /// Runs recorded before this setting existed started so.
+    #[default]
+    Zero,
+    /// The texts that fitted a learned basis start from their `z` at the
+    /// end of the fit (which decodes them teacher-forced when the fit
+    /// converged); every other text as `zero`.
+    Fitted,
+}
+
+impl std::str::FromStr for ZStart {
+    type Err = CramError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "zero" => Ok(Self::Zero),
+            "fitted" => Ok(Self::Fitted),
+            other => Err(CramError::Input(format!(
+                "unknown z start `{other}` (expected fitted or zero)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for ZStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Zero => "zero",
+            Self::Fitted => "fitted",
+        })
+    }
+}
+
+serde_as_string!(ZStart);
+
 /// The low-dimensional setting, recorded with the engine's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +141,10 @@ pub struct LowDim {
     /// `learned`: the fitting texts are cut to this many tokens (`None`:
     /// whole).
     pub fit_tokens: Option<usize>,
+    /// Where a text's `z` starts (absent in settings recorded before it
+    /// existed: `zero`, as those runs started).
+    #[serde(default)]
+    pub z_start: ZStart,
 }
 
 impl LowDim {
@@ -117,6 +165,15 @@ impl LowDim {
         }
         None
     }
+
+    /// The first stage's target of a capacity search when none is given:
+    /// the fitting length of a learned basis whose fitted texts start from
+    /// their fitted `z` (which decode that prefix), none otherwise.
+    pub fn default_start(&self) -> Option<usize> {
+        (self.basis == BasisKind::Learned && self.z_start == ZStart::Fitted)
+            .then_some(self.fit_tokens)
+            .flatten()
+    }
 }
 
 /// A basis: vector `r` of a text is `w z_r + b`, `w` row-major
@@ -133,6 +190,9 @@ pub struct Basis {
     pub b: Vec<f32>,
     /// Joint optimisation steps that fitted it (0 for fixed bases).
     pub fit_steps: usize,
+    /// A learned basis: the fitting texts' `z` at the end of the fit, by
+    /// the text's index in the run.
+    pub fitted_z: BTreeMap<usize, Vec<f32>>,
 }
 
 /// What a basis file records beside the tensors.
@@ -145,6 +205,13 @@ struct BasisMeta {
     weights_sha256: String,
     fit_steps: usize,
     sha256: String,
+    /// The indices of the rows of tensor `z` (the fitted `z`), absent when
+    /// none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    fit_indices: Vec<usize>,
+    /// SHA-256 of the fitted `z` and their indices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fitted_sha256: Option<String>,
 }
 
 impl Basis {
@@ -254,10 +321,31 @@ impl Basis {
             w,
             b,
             fit_steps: 0,
+            fitted_z: BTreeMap::new(),
         }
     }
 
-    /// SHA-256 of the shape and numbers.
+    /// The fitted `z` of text `index` of the run, if it fitted the basis.
+    pub fn fitted(&self, index: usize) -> Option<&[f32]> {
+        self.fitted_z.get(&index).map(Vec::as_slice)
+    }
+
+    /// SHA-256 of the fitted `z` and their indices.
+    fn fitted_sha256(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for (i, z) in &self.fitted_z {
+            h.update((*i as u64).to_le_bytes());
+            h.update((z.len() as u64).to_le_bytes());
+            for x in z {
+                h.update(x.to_le_bytes());
+            }
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    /// SHA-256 of the shape and numbers of `w` and `b` (the basis's
+    /// identity, which vector files and run settings record).
     pub fn sha256(&self) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
@@ -280,17 +368,27 @@ impl Basis {
             weights_sha256: weights_sha256.into(),
             fit_steps: self.fit_steps,
             sha256: self.sha256(),
+            fit_indices: self.fitted_z.keys().copied().collect(),
+            fitted_sha256: (!self.fitted_z.is_empty()).then(|| self.fitted_sha256()),
         };
         let json = serde_json::to_string(&meta).map_err(|e| CramError::bad_file(path, e))?;
         let info = HashMap::from([(META_KEY.to_string(), json)]);
-        memfile::write_tensors(
-            path,
-            vec![
-                ("w", F32View::new(vec![self.width, self.k], &self.w)),
-                ("b", F32View::new(vec![self.width], &self.b)),
-            ],
-            info,
-        )
+        let z: Vec<f32> = self.fitted_z.values().flatten().copied().collect();
+        let len = self.fitted_z.values().next().map_or(0, Vec::len);
+        if self.fitted_z.values().any(|r| r.len() != len) {
+            return Err(CramError::bad_file(
+                path,
+                "internal: fitted z of different sizes",
+            ));
+        }
+        let mut tensors = vec![
+            ("w", F32View::new(vec![self.width, self.k], &self.w)),
+            ("b", F32View::new(vec![self.width], &self.b)),
+        ];
+        if !z.is_empty() {
+            tensors.push(("z", F32View::new(vec![self.fitted_z.len(), len], &z)));
+        }
+        memfile::write_tensors(path, tensors, info)
     }
 
     /// Reads a basis file, checking its numbers against its SHA-256.
@@ -318,18 +416,47 @@ impl Basis {
         };
         let w = take("w", vec![meta.width, meta.k])?;
         let b = take("b", vec![meta.width])?;
+        let mut fitted_z = BTreeMap::new();
+        if !meta.fit_indices.is_empty() {
+            let n = meta.fit_indices.len();
+            let len = tensors
+                .get("z")
+                .map_or(0, |(s, _)| s.get(1).copied().unwrap_or(0));
+            let z = take("z", vec![n, len])?;
+            if len == 0 {
+                return Err(bad("tensor `z` is empty".into()));
+            }
+            for (i, row) in meta.fit_indices.iter().zip(z.chunks_exact(len)) {
+                fitted_z.insert(*i, row.to_vec());
+            }
+            if fitted_z.len() != n {
+                return Err(bad("`fit_indices` repeats a text".into()));
+            }
+        }
         let basis = Self {
             k: meta.k,
             width: meta.width,
             w,
             b,
             fit_steps: meta.fit_steps,
+            fitted_z,
+        };
+        let damaged = |what: &str, sha: &str| {
+            bad(format!(
+                "its {what} do not match its recorded sha256 {sha} (a damaged file)"
+            ))
         };
         if basis.sha256() != meta.sha256 {
-            return Err(bad(format!(
-                "its numbers do not match its recorded sha256 {} (a damaged file)",
-                meta.sha256
-            )));
+            return Err(damaged("numbers", &meta.sha256));
+        }
+        match &meta.fitted_sha256 {
+            Some(sha) if basis.fitted_sha256() != *sha => {
+                return Err(damaged("fitted z", sha));
+            }
+            None if !basis.fitted_z.is_empty() => {
+                return Err(bad("fitted z without `fitted_sha256`".into()));
+            }
+            _ => {}
         }
         Ok((basis, meta.settings, meta.weights_sha256))
     }
@@ -469,7 +596,8 @@ pub fn joint_grads(
 /// Fits a learned basis from `start`: the `z` of `texts` (input position,
 /// tokens) and the basis are optimised jointly with the engine's optimiser
 /// and schedule until every text is right teacher-forced, the loss is not
-/// finite, or the protocol's `max_steps`. `progress` gets the step and the
+/// finite, or the protocol's `max_steps`. The texts' last `z` (finite ones)
+/// are kept in the basis's `fitted_z`. `progress` gets the step and the
 /// texts' mean accuracy.
 pub fn learn(
     engine: &Engine<'_>,
@@ -511,6 +639,12 @@ pub fn learn(
         basis.w = w.to_vec();
         basis.b = b.to_vec();
     }
+    basis.fitted_z = texts
+        .iter()
+        .zip(zs)
+        .filter(|(_, s)| s.params.iter().all(|x| x.is_finite()))
+        .map(|((i, _), s)| (*i, s.params))
+        .collect();
     Ok(basis)
 }
 
@@ -603,9 +737,14 @@ pub struct LowDimArgs {
     )]
     pub basis: BasisKind,
     /// A learned basis is fitted on the first TOKENS tokens of its texts
-    /// [default: whole texts for compress, 32 for capacity].
+    /// [default: whole texts for compress, 64 for capacity].
     #[arg(long, value_name = "TOKENS", requires = "low_dim")]
     pub fit_tokens: Option<usize>,
+    /// Where a text's `z` starts: fitted (the texts that fitted a learned
+    /// basis start from their fitted `z`, the others from 0) or zero (every
+    /// text from 0, as runs made before this flag).
+    #[arg(long, value_name = "START", default_value_t = ZStart::Fitted, requires = "low_dim")]
+    pub z_start: ZStart,
 }
 
 #[cfg(feature = "clap")]
@@ -618,6 +757,7 @@ impl LowDimArgs {
             basis: self.basis.clone(),
             fit_texts: fit_texts.max(1),
             fit_tokens: self.fit_tokens.or(default_fit_tokens),
+            z_start: self.z_start,
         })
     }
 }
@@ -704,22 +844,61 @@ mod tests {
     fn basis_files_round_trip_and_damage_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(BASIS_FILE);
-        let b = small();
+        let mut b = small();
         let low = LowDim {
             k: 3,
             basis: BasisKind::Random,
             fit_texts: 1,
             fit_tokens: None,
+            z_start: ZStart::Zero,
         };
         b.write(&path, &low, "abc").unwrap();
         let (back, settings, sha) = Basis::read(&path).unwrap();
-        assert_eq!((back, settings, sha.as_str()), (b, low, "abc"));
-        let mut bytes = std::fs::read(&path).unwrap();
-        let n = bytes.len();
-        bytes[n - 3] ^= 0x40;
-        std::fs::write(&path, bytes).unwrap();
-        let e = Basis::read(&path).unwrap_err().to_string();
-        assert!(e.contains(BASIS_FILE) && e.contains("sha256"), "{e}");
+        assert_eq!(
+            (back, settings, sha.as_str()),
+            (b.clone(), low.clone(), "abc")
+        );
+        // A learned basis keeps its texts' fitted z, by index.
+        b.fitted_z = BTreeMap::from([(4, vec![0.5, -1.0, 2.0]), (9, vec![1.5, 0.0, -0.25])]);
+        b.write(&path, &low, "abc").unwrap();
+        let (back, _, _) = Basis::read(&path).unwrap();
+        assert_eq!(back.fitted(9), Some(&[1.5, 0.0, -0.25][..]));
+        assert_eq!(back.fitted(5), None);
+        assert_eq!(back, b);
+        let bytes = std::fs::read(&path).unwrap();
+        // Damage at the file's end, then in a fitted z's numbers.
+        let at = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat).unwrap();
+        for pos in [bytes.len() - 3, at(&1.5f32.to_le_bytes()) + 3] {
+            let mut bad = bytes.clone();
+            bad[pos] ^= 0x40;
+            std::fs::write(&path, bad).unwrap();
+            let e = Basis::read(&path).unwrap_err().to_string();
+            assert!(e.contains(BASIS_FILE) && e.contains("sha256"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_learned_basis_starts_capacity_searches_at_its_fitting_length() {
+        let mut low = LowDim {
+            k: 3,
+            basis: BasisKind::Learned,
+            fit_texts: 2,
+            fit_tokens: Some(64),
+            z_start: ZStart::Fitted,
+        };
+        assert_eq!(low.default_start(), Some(64));
+        low.z_start = ZStart::Zero;
+        assert_eq!(low.default_start(), None);
+        low.z_start = ZStart::Fitted;
+        low.basis = BasisKind::Random;
+        assert_eq!(low.default_start(), None);
+        // Settings recorded before `z_start` existed read as `zero`.
+        let old: LowDim =
+            serde_json::from_str(r#"{"k":3,"basis":"learned","fit_texts":2,"fit_tokens":64}"#)
+                .unwrap();
+        assert_eq!(old.z_start, ZStart::Zero);
+        assert_eq!("fitted".parse::<ZStart>().unwrap(), ZStart::Fitted);
+        assert!("warm".parse::<ZStart>().is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use cram::engine::{CramConfig, Engine, Init, OptimizerConfig, StepItem};
-use cram::lowdim::{self, Basis, BasisKind, LowDim};
+use cram::lowdim::{self, Basis, BasisKind, LowDim, ZStart};
 use cram::model::{load, LoadOptions, LoadedModel};
 
 fn fixture() -> LoadedModel {
@@ -34,6 +34,7 @@ fn config(k: usize, basis: BasisKind, max_steps: usize) -> CramConfig {
             basis,
             fit_texts: 2,
             fit_tokens: None,
+            z_start: ZStart::Fitted,
         }),
         ..CramConfig::default()
     }
@@ -180,4 +181,52 @@ fn a_learned_basis_fits_its_texts_better_than_its_random_start() {
         with_learned < with_start,
         "learned {with_learned} vs its random start {with_start}"
     );
+}
+
+#[test]
+fn fitted_texts_start_from_their_fitted_z_when_asked() {
+    let m = fixture();
+    let k = 8;
+    let engine = Engine::new(&m, config(k, BasisKind::Learned, 60)).unwrap();
+    // Text indices 3 and 7 of a run fit the basis.
+    let fit: Vec<(usize, Vec<u32>)> = [3, 7].into_iter().zip(texts(&m)).collect();
+    let learned = lowdim::learn(&engine, random_basis(&m, k), &fit, |_, _| {}).unwrap();
+    assert_eq!(
+        learned.fitted_z.keys().copied().collect::<Vec<_>>(),
+        vec![3, 7]
+    );
+    let z3 = learned.fitted(3).unwrap().to_vec();
+    assert_eq!(z3.len(), 2 * k, "n_mem × k");
+    assert!(z3.iter().any(|x| *x != 0.0), "the fit moved z");
+    let with = |z_start: ZStart| {
+        let mut cfg = config(k, BasisKind::Learned, 60);
+        cfg.low_dim.as_mut().unwrap().z_start = z_start;
+        Engine::new(&m, cfg)
+            .unwrap()
+            .with_basis(learned.clone())
+            .unwrap()
+    };
+    let fitted = with(ZStart::Fitted);
+    assert_eq!(fitted.initial_state(3).params, z3);
+    assert_eq!(
+        fitted.initial_state(0).params,
+        vec![0.0; 2 * k],
+        "not fitted"
+    );
+    assert_eq!(with(ZStart::Zero).initial_state(3).params, vec![0.0; 2 * k]);
+    // The fitted z is the fit's own: its loss under the learned basis is
+    // the fit's last, below the loss at z = 0.
+    let ids = &fit[0].1;
+    let embeds = fitted.embed_tokens(ids).unwrap();
+    let loss = |z: &[f32]| {
+        fitted
+            .step_batch(&[StepItem {
+                params: z,
+                ids,
+                embeds: &embeds,
+            }])
+            .unwrap()[0]
+            .loss
+    };
+    assert!(loss(&z3) < loss(&vec![0.0; 2 * k]));
 }

@@ -12,7 +12,7 @@ use cram::capacity::{
     TextProgress,
 };
 use cram::engine::{CramResult, Engine, StopReason};
-use cram::lowdim::{self, LowDimArgs};
+use cram::lowdim::{self, LowDim, LowDimArgs};
 use cram::memfile::{self, BasisRef, MemMeta, ModelIdentity};
 use cram::model::LoadedModel;
 use cram::protocol::CramArgs;
@@ -41,8 +41,9 @@ pub struct CapacityArgs {
     /// or step:K (grow by K tokens per stage, stop at the first failure).
     #[arg(long, default_value = "gallop")]
     pub search: Search,
-    /// The first stage's target in tokens [default: 8 for gallop and
-    /// climb, K for step:K].
+    /// The first stage's target in tokens [default: the fitting length
+    /// under a learned basis with --z-start fitted; otherwise 8 for gallop
+    /// and climb, K for step:K].
     #[arg(long, value_name = "TOKENS")]
     pub start: Option<usize>,
     /// Most optimisation steps of one stage.
@@ -111,21 +112,6 @@ pub struct CapacityArgs {
 
 /// Runs `cram capacity`.
 pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Result<()> {
-    let cfg = CapacityConfig {
-        search: args.search,
-        start: args.start.unwrap_or(args.search.default_start()),
-        max_tokens: args.max_tokens,
-        stage_steps: args.stage_steps,
-        stage_patience: args.stage_patience,
-        patience_from: args.patience_from,
-        tolerance: args.tolerance,
-        budget: args.budget,
-        schedule: args.schedule,
-        stage_warmup: args.stage_warmup,
-    };
-    if let Some((field, msg)) = cfg.invalid() {
-        anyhow::bail!("--{}: {msg}", field.replace('_', "-"));
-    }
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
     }
@@ -139,9 +125,28 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
         samples.truncate(n);
     }
     let mut ecfg = args.cram.config();
-    ecfg.low_dim = args
-        .low_dim
-        .setting(args.batch.min(samples.len()), Some(32));
+    ecfg.low_dim = args.low_dim.setting(
+        args.batch.min(samples.len()),
+        Some(lowdim::CAPACITY_FIT_TOKENS),
+    );
+    let cfg = CapacityConfig {
+        search: args.search,
+        start: args
+            .start
+            .or(ecfg.low_dim.as_ref().and_then(LowDim::default_start))
+            .unwrap_or(args.search.default_start()),
+        max_tokens: args.max_tokens,
+        stage_steps: args.stage_steps,
+        stage_patience: args.stage_patience,
+        patience_from: args.patience_from,
+        tolerance: args.tolerance,
+        budget: args.budget,
+        schedule: args.schedule,
+        stage_warmup: args.stage_warmup,
+    };
+    if let Some((field, msg)) = cfg.invalid() {
+        anyhow::bail!("--{}: {msg}", field.replace('_', "-"));
+    }
     let mut engine = Engine::new(m, ecfg)?;
     let layout = engine.layout().clone();
     let ecfg = engine.config().clone();

@@ -40,7 +40,7 @@ use crate::capacity::{
 };
 use crate::engine::Engine;
 use crate::error::{CramError, Result};
-use crate::lowdim::{BasisKind, LowDim};
+use crate::lowdim::{BasisKind, LowDim, ZStart};
 use crate::memfile::ModelIdentity;
 use crate::store::RunLock;
 
@@ -53,7 +53,8 @@ pub struct CapacitySweep {
     pub search: Vec<Search>,
     /// Each text is truncated to this many tokens.
     pub max_tokens: usize,
-    /// The first stage's target [default: the search's].
+    /// The first stage's target [default: `fit_tokens` for a unit with a
+    /// learned basis and `z_start = "fitted"`, the search's otherwise].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<usize>,
     /// Most steps of one stage.
@@ -85,9 +86,16 @@ pub struct CapacitySweep {
     /// The basis of low-dimensional units.
     #[serde(default = "default_basis")]
     pub basis: BasisKind,
-    /// A learned basis fits on this many tokens of its texts.
+    /// A learned basis fits on this many tokens of its texts [default: 64].
     #[serde(default = "default_fit_tokens")]
     pub fit_tokens: usize,
+    /// Where a text's `z` starts [default: fitted].
+    #[serde(default = "default_z_start")]
+    pub z_start: ZStart,
+}
+
+fn default_z_start() -> ZStart {
+    ZStart::Fitted
 }
 
 fn default_low_dim() -> Vec<usize> {
@@ -99,7 +107,7 @@ fn default_basis() -> BasisKind {
 }
 
 fn default_fit_tokens() -> usize {
-    32
+    crate::lowdim::CAPACITY_FIT_TOKENS
 }
 
 fn default_search() -> Vec<Search> {
@@ -131,11 +139,15 @@ fn default_budget() -> usize {
 }
 
 impl CapacitySweep {
-    /// The search settings of one unit.
-    pub fn config(&self, search: Search) -> CapacityConfig {
+    /// The search settings of one unit, of low-dimensional setting `low`
+    /// (whose learned basis may set the default start).
+    pub fn config(&self, search: Search, low: Option<&LowDim>) -> CapacityConfig {
         CapacityConfig {
             search,
-            start: self.start.unwrap_or(search.default_start()),
+            start: self
+                .start
+                .or(low.and_then(LowDim::default_start))
+                .unwrap_or(search.default_start()),
             max_tokens: Some(self.max_tokens),
             stage_steps: self.stage_steps,
             stage_patience: self.stage_patience,
@@ -160,6 +172,7 @@ impl CapacitySweep {
             basis: self.basis.clone(),
             fit_texts,
             fit_tokens: Some(self.fit_tokens),
+            z_start: self.z_start,
         })
     }
 
@@ -182,7 +195,7 @@ impl CapacitySweep {
         if let Some(s) = self.search.iter().find(|s| !seen.insert(s.to_string())) {
             return Some(("search", format!("`{s}` appears twice")));
         }
-        self.config(self.search[0]).invalid()
+        self.config(self.search[0], None).invalid()
     }
 }
 
@@ -346,7 +359,7 @@ pub fn run(
                 let fit: Vec<(usize, Vec<u32>)> = (0..p.cfg.samples).map(|s| (s, cut(s))).collect();
                 let mut basis: Option<crate::lowdim::Basis> = None;
                 for &search in &cap.search {
-                    let cfg = cap.config(search);
+                    let cfg = cap.config(search, low.as_ref());
                     let dir = unit_dir(&opts.out, spec, &d.name, n_mem, search, low.as_ref());
                     std::fs::create_dir_all(&dir).map_err(|e| {
                         CramError::bad_file(&dir, format!("cannot create folder: {e}"))
@@ -420,13 +433,22 @@ mod tests {
     fn a_capacity_table_without_search_settings_takes_the_commands_defaults() {
         let sweep: CapacitySweep = toml::from_str("max_tokens = 64").unwrap();
         for search in [Search::Gallop, Search::Climb, Search::Step(3)] {
-            let cfg = sweep.config(search);
+            let cfg = sweep.config(search, None);
             assert_eq!(
                 cfg,
                 CapacityConfig {
                     max_tokens: Some(64),
                     ..CapacityConfig::new(search)
                 }
+            );
+            // A unit with a learned basis (fitted z start): from the
+            // fitting length, as `cram capacity`.
+            let low = sweep.low_dim(32, 8).unwrap();
+            assert_eq!(low.z_start, ZStart::Fitted);
+            assert_eq!(low.fit_tokens, Some(crate::lowdim::CAPACITY_FIT_TOKENS));
+            assert_eq!(
+                sweep.config(search, Some(&low)).start,
+                crate::lowdim::CAPACITY_FIT_TOKENS
             );
         }
     }
