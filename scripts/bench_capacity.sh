@@ -55,8 +55,8 @@
 #   than the grid's steps; 0: the exact horizon]
 #   STEP1_FLAGS [--stage-patience 300 --schedule text --stage-warmup 0: no
 #   stage of step:1 ends by patience]
-#   TABLE_ONLY [0; 1: run nothing, print the table of what OUT holds (a
-#   side that has not finished all texts is left out)]
+#   TABLE_ONLY [0; 1: run nothing, print the table of what OUT, KEEP and
+#   GRID_FROM hold (a side that has not finished all texts is left out)]
 #   KEEP [docs/study/capacity/MODEL; empty: keep nothing]
 #   CRAM [the cram binary; built with cargo if unset]
 set -euo pipefail
@@ -139,7 +139,12 @@ search() { # NAME FLAGS...
     fi
     keep "$name"
 }
-if [ "$TABLE_ONLY" != 1 ]; then
+if [ "$TABLE_ONLY" = 1 ]; then
+    # Nothing runs; the grid lengths GRID_FROM holds are still read from it.
+    for L in $GRID; do
+        from_study "$L" || true
+    done
+else
     search gallop --search gallop --tolerance "$TOLERANCE"
     search gallop-text --search gallop --tolerance "$TOLERANCE" "${TEXT_SCHEDULE[@]}"
     search climb --search climb --tolerance "$TOLERANCE"
