@@ -79,10 +79,10 @@ def rows(path):
     rs = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
     return {r["id"]: r for r in sorted(rs, key=lambda r: r["index"])}
 
-def table(title, a, b):
+def table(title, a, b, la="text", lb="stage-w10"):
     ids = [i for i in a if i in b]
     print(f"\n{title}\n")
-    print("| text | text: horizon | steps | stage-w10: horizon | steps |")
+    print(f"| text | {la}: horizon | steps | {lb}: horizon | steps |")
     print("|---|---:|---:|---:|---:|")
     for i in ids:
         print(f"| {i} | {a[i]['horizon']} | {a[i]['steps']} | {b[i]['horizon']} | {b[i]['steps']} |")
@@ -94,9 +94,10 @@ def table(title, a, b):
     print(f"| **mean / total** | {ha:.1f} | {sa} | {hb:.1f} | {sb} |")
     up = sum(b[i]["horizon"] > a[i]["horizon"] for i in ids)
     down = sum(b[i]["horizon"] < a[i]["horizon"] for i in ids)
-    print(f"\n{n} texts: stage-w10 {hb - ha:+.1f} tokens of mean horizon "
+    print(f"\n{n} texts: {lb} {hb - ha:+.1f} tokens of mean horizon "
           f"({100 * (hb - ha) / ha:+.1f}%), steps ×{sb / sa:.2f}; "
           f"longer on {up}, shorter on {down}, equal on {n - up - down}")
+    return sb
 
 a, b = rows(f"{out}/text.jsonl"), rows(f"{out}/stage-w10.jsonl")
 if len(a) != n or len(b) != n:
@@ -111,17 +112,8 @@ c = rows(f"{out}/lowdim.jsonl")
 if len(c) == n:
     fit = int(open(f"{out}/lowdim.fit-steps").read())
     fitted = min(8, n)  # the basis fits on the run's first --batch (8) texts
-    print("\nLow-dimensional vectors (`lowdim`: stage-w10 with a learned basis of "
-          "k 32 fitted at 64 tokens, fitted z start, from 64), new texts\n")
-    print("| text | stage-w10: horizon | steps | lowdim: horizon | steps |")
-    print("|---|---:|---:|---:|---:|")
-    for i in b:
-        print(f"| {i} | {b[i]['horizon']} | {b[i]['steps']} | {c[i]['horizon']} | {c[i]['steps']} |")
-    hb = sum(r["horizon"] for r in b.values()) / n
-    hc = sum(r["horizon"] for r in c.values()) / n
-    sb = sum(r["steps"] for r in b.values())
-    sc = sum(r["steps"] for r in c.values())
-    print(f"| **mean / total** | {hb:.1f} | {sb} | {hc:.1f} | {sc} |")
+    sc = table("Low-dimensional vectors (`lowdim`: stage-w10 with a learned basis of "
+               "k 32 fitted at 64 tokens, fitted z start, from 64), new texts", b, c, "stage-w10", "lowdim")
     print(f"\nbasis fitting: {fit} joint steps of {fitted} texts = {fit * fitted} text steps; "
           f"lowdim with them: {sc + fit * fitted} steps")
 PY
