@@ -12,6 +12,9 @@
 #              learned --fit-tokens 64 --z-start fitted --start 64` (the
 #              low-dimensional defaults of 2026-12-07, spelled out), printed
 #              after the two with its basis's fitting steps
+#   lowdim-own (LOWDIM=1) stage-w10 with `--low-dim 32 --basis own` (every
+#              text its own W and b, trained with its z through the search),
+#              printed after them against stage-w10
 # both `cram capacity --search gallop --tolerance 12`, one vector, 128 tokens
 # at most, batch 8. Prints per text each side's horizon and steps, the means
 # and the wins, then the same with the benchmark's 8 texts added from KEEP
@@ -69,6 +72,7 @@ side stage-w10 --schedule stage --stage-warmup 10
 if [ "${LOWDIM:-1}" = 1 ]; then
     side lowdim --schedule stage --stage-warmup 10 --low-dim 32 --basis learned --fit-tokens 64 \
         --z-start fitted --start 64
+    side lowdim-own --schedule stage --stage-warmup 10 --low-dim 32 --basis own
 fi
 
 python3 - "$OUT" "$KEEP" "$N" <<'PY'
@@ -116,4 +120,8 @@ if len(c) == n:
                "k 32 fitted at 64 tokens, fitted z start, from 64), new texts", b, c, "stage-w10", "lowdim")
     print(f"\nbasis fitting: {fit} joint steps of {fitted} texts = {fit * fitted} text steps; "
           f"lowdim with them: {sc + fit * fitted} steps")
+d = rows(f"{out}/lowdim-own.jsonl")
+if len(d) == n:
+    table("Low-dimensional vectors, every text its own basis (`lowdim-own`: stage-w10 with "
+          "`--low-dim 32 --basis own`), new texts", b, d, "stage-w10", "lowdim-own")
 PY

@@ -483,3 +483,64 @@ fn a_learned_basis_starts_its_fitted_texts_from_their_fitted_z_at_the_fitting_le
     assert!((a - b).abs() <= 1e-5 * b, "text 2 did not fit: {a} vs {b}");
     check_files(&fitted_lines);
 }
+
+#[test]
+fn an_own_basis_run_writes_plain_vector_files_resumes_and_feeds_a_pca_basis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = texts(tmp.path());
+    let model = model();
+    let out = tmp.path().join("own").display().to_string();
+    let vecs = tmp.path().join("v-own").display().to_string();
+    let mut args = capacity_args(&input, &out, &["-o", &vecs]);
+    args.extend_from_slice(&["--model", &model, "--low-dim", "8", "--basis", "own"]);
+    let first = run(&args);
+    assert_eq!(first.len(), 3);
+    assert!(
+        first.iter().any(|l| l["horizon"].as_u64().unwrap() >= 2),
+        "{first:?}"
+    );
+    // Every text has its own basis: no shared basis file anywhere, and
+    // the vector files decode alone.
+    assert!(!Path::new(&out).join("basis.safetensors").exists());
+    assert!(!Path::new(&vecs).join("basis.safetensors").exists());
+    check_files(&first);
+    let again = run(&args);
+    assert_eq!(stable(&again), stable(&first));
+    assert!(cram(&["check", &out], &[]).status.success());
+    // The report names the own basis.
+    let report = tmp.path().join("report");
+    let o = cram(&["report", &out, "-o", report.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(report.join("capacity.md")).unwrap();
+    assert!(md.contains("low-dim 8 (own)"), "{md}");
+    // A checkpoint of another size than the settings' [z, W, b] (a damaged
+    // run) is an error naming the database, not a panic.
+    let copy = tmp.path().join("own-damaged");
+    std::fs::create_dir_all(&copy).unwrap();
+    let db = copy.join("capacity.sqlite");
+    std::fs::copy(Path::new(&out).join("capacity.sqlite"), &db).unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE texts SET params = substr(params, 1, 16) WHERE text_index = 1",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let damaged = copy.display().to_string();
+    let mut again = capacity_args(&input, &damaged, &[]);
+    again.extend_from_slice(&["--model", &model, "--low-dim", "8", "--basis", "own"]);
+    let o = cram(&again, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("capacity.sqlite") && err.contains("checkpoint holds 4 numbers"),
+        "{err}"
+    );
+    // The run's vectors are full vectors: a PCA basis fits on them.
+    let pca_out = tmp.path().join("pca").display().to_string();
+    let pca = format!("pca:{out}");
+    let mut args = capacity_args(&input, &pca_out, &[]);
+    args.extend_from_slice(&["--model", &model, "--low-dim", "1", "--basis", &pca]);
+    let lines = run(&args);
+    assert_eq!(lines.len(), 3);
+}

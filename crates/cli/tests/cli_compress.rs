@@ -236,13 +236,23 @@ fn low_dimensional_vectors_decode_with_the_basis_saved_beside_them() {
     let full = dir.path().join("full");
     compress_many(&input, &full, &model, &[]).unwrap();
     let mut exact = 0;
-    for basis in ["random", "learned", &format!("pca:{}", full.display())] {
+    for basis in [
+        "random",
+        "learned",
+        "own",
+        &format!("pca:{}", full.display()),
+    ] {
         let k = if basis.starts_with("pca") { "3" } else { "24" };
         let out = dir.path().join(basis.split(':').next().unwrap());
         let extra = ["--low-dim", k, "--basis", basis];
         let lines = compress_many(&input, &out, &model, &extra).unwrap();
         assert_eq!(lines.len(), 2);
-        assert!(out.join("basis.safetensors").exists());
+        // An own basis is every text's: its files hold the vectors.
+        assert_eq!(
+            out.join("basis.safetensors").exists(),
+            basis != "own",
+            "{basis}"
+        );
         for l in &lines {
             assert_eq!(l["config"]["low_dim"]["basis"], basis, "{l}");
             let file = l["file"].as_str().unwrap();

@@ -32,34 +32,9 @@ pub enum LossConvention {
     Paper,
 }
 
-impl std::str::FromStr for LossConvention {
-    type Err = CramError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "full" => Ok(Self::Full),
-            "paper" => Ok(Self::Paper),
-            other => Err(CramError::Input(format!(
-                "unknown loss convention `{other}` (expected full or paper)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for LossConvention {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+string_enum!(LossConvention, "loss convention", { Full => "full", Paper => "paper" });
 
 impl LossConvention {
-    /// Name as written in files and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Full => "full",
-            Self::Paper => "paper",
-        }
-    }
-
     /// Number of predicted tokens for a text of `t` tokens.
     pub fn n_predicted(self, t: usize) -> usize {
         match self {
@@ -311,7 +286,10 @@ pub struct CramResult {
     pub loss_curve: Vec<f32>,
     /// Accuracy at every step.
     pub accuracy_curve: Vec<f32>,
-    /// The kept vectors, row-major `[n_mem, input_size]`.
+    /// What a vector file holds of the kept parameters
+    /// ([`crate::lowdim::Params::file_numbers`]): the vectors, row-major
+    /// `[n_mem, input_size]`, or their `z` `[n_mem, k]` under a shared
+    /// basis.
     #[serde(skip)]
     pub vectors: Vec<f32>,
     /// Greedy decoding from the vectors (and, for the paper convention, the
@@ -608,6 +586,9 @@ impl<'a> Engine<'a> {
     pub fn with_basis(mut self, basis: crate::lowdim::Basis) -> Result<Self> {
         let width = self.model.info().input_size;
         match &self.cfg.low_dim {
+            Some(l) if !l.basis.is_shared() => Err(CramError::Input(
+                "an own basis is every text's; there is no shared basis to attach".into(),
+            )),
             Some(l) if l.k == basis.k && basis.width == width => {
                 self.basis = Some(basis);
                 Ok(self)
@@ -633,12 +614,17 @@ impl<'a> Engine<'a> {
         self.start.as_deref()
     }
 
-    /// The basis when the settings are low-dimensional; an error if none
-    /// is attached yet.
-    fn active_basis(&self) -> Result<Option<&crate::lowdim::Basis>> {
+    /// How a text's parameters are its vectors under these settings; an
+    /// error if a shared basis is needed and none is attached yet.
+    pub fn params(&self) -> Result<crate::lowdim::Params<'_>> {
+        use crate::lowdim::Params;
         match (&self.cfg.low_dim, &self.basis) {
-            (None, _) => Ok(None),
-            (Some(_), Some(b)) => Ok(Some(b)),
+            (None, _) => Ok(Params::Full),
+            (Some(l), _) if !l.basis.is_shared() => Ok(Params::Own {
+                k: l.k,
+                width: self.model.info().input_size,
+            }),
+            (Some(_), Some(b)) => Ok(Params::Shared(b)),
             (Some(_), None) => Err(CramError::Input(
                 "internal: low-dimensional settings but no basis attached (Engine::with_basis)"
                     .into(),
@@ -699,7 +685,7 @@ impl<'a> Engine<'a> {
             .enumerate()
             .map(|(i, ids)| Slot {
                 ids: ids.clone(),
-                state: self.initial_state(first_index + i),
+                state: self.initial_state(first_index + i, ids),
                 best: None,
                 best_acc_step: 0,
                 loss_curve: Vec::new(),
@@ -788,13 +774,20 @@ impl<'a> Engine<'a> {
     /// The starting state of text `index` of the input: the shared start
     /// (`mean`, `token:ID`) or `randn * std` from the text's seed stream;
     /// under low-dimensional settings its `z` (the fitted one when the
-    /// settings ask for it and the text fitted the basis).
-    pub fn initial_state(&self, index: usize) -> OptState {
+    /// settings ask for it and the text, of tokens `ids`, fitted the
+    /// basis), or its own basis's parameters.
+    pub fn initial_state(&self, index: usize, ids: &[u32]) -> OptState {
         let info = self.model.info();
         if let Some(l) = &self.cfg.low_dim {
+            if !l.basis.is_shared() {
+                return OptState::start(crate::lowdim::own_start(self, index, l.k));
+            }
             let n = self.cfg.n_mem * l.k;
             let fitted = (l.z_start == crate::lowdim::ZStart::Fitted)
-                .then(|| self.basis.as_ref().and_then(|b| b.fitted(index)))
+                .then(|| {
+                    let tokens = crate::memfile::tokens_sha256(l.fit_cut(ids));
+                    self.basis.as_ref().and_then(|b| b.fitted(index, &tokens))
+                })
                 .flatten()
                 .filter(|z| z.len() == n);
             return OptState::start(match fitted {
@@ -827,10 +820,11 @@ impl<'a> Engine<'a> {
     /// mean loss with respect to its parameters (its vectors, or its `z`
     /// under low-dimensional settings).
     pub fn step_batch(&self, items: &[StepItem<'_>]) -> Result<Vec<StepOutput>> {
-        let Some(basis) = self.active_basis()? else {
+        let params = self.params()?;
+        if let crate::lowdim::Params::Full = params {
             return self.step_vectors(items);
-        };
-        let vectors: Vec<Vec<f32>> = items.iter().map(|it| basis.expand(it.params)).collect();
+        }
+        let vectors: Vec<_> = items.iter().map(|it| params.vectors(it.params)).collect();
         let full: Vec<StepItem<'_>> = items
             .iter()
             .zip(&vectors)
@@ -841,8 +835,8 @@ impl<'a> Engine<'a> {
             })
             .collect();
         let mut outs = self.step_vectors(&full)?;
-        for o in &mut outs {
-            o.grad = basis.project(&o.grad);
+        for (o, it) in outs.iter_mut().zip(items) {
+            o.grad = params.pull_back(it.params, std::mem::take(&mut o.grad));
         }
         Ok(outs)
     }
@@ -970,11 +964,8 @@ impl<'a> Engine<'a> {
     /// Greedy decoding of a batch of texts from their vectors with this
     /// engine's layout, vector count and loss convention ([`decode_batch`]).
     pub fn decode(&self, items: &[DecodeItem<'_>]) -> Result<Vec<Vec<u32>>> {
-        let basis = self.active_basis()?;
-        let vectors: Vec<_> = items
-            .iter()
-            .map(|it| crate::lowdim::vectors(basis, it.vectors))
-            .collect();
+        let params = self.params()?;
+        let vectors: Vec<_> = items.iter().map(|it| params.vectors(it.vectors)).collect();
         let full: Vec<DecodeItem<'_>> = items
             .iter()
             .zip(&vectors)
@@ -1046,7 +1037,7 @@ impl<'a> Engine<'a> {
                     wall_time_s: wall,
                     loss_curve: s.loss_curve,
                     accuracy_curve: s.acc_curve,
-                    vectors,
+                    vectors: self.params()?.file_numbers(&vectors).into_owned(),
                     exact: first_mismatch.is_none() && decoded_ids.len() == target.len(),
                     decoded_ids,
                     first_mismatch,

@@ -35,6 +35,51 @@ macro_rules! serde_as_string {
     };
 }
 
+/// Implements `as_str`, `FromStr` and `Display` for an enum of unit
+/// variants by the names they have on the command line and in files;
+/// `what` names the setting in the error for an unknown name.
+macro_rules! string_enum {
+    ($t:ty, $what:literal, { $($v:ident => $name:literal),+ $(,)? }) => {
+        impl $t {
+            /// Name as written in files and on the command line.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $name,)+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = crate::error::CramError;
+            fn from_str(s: &str) -> crate::error::Result<Self> {
+                match s {
+                    $($name => Ok(Self::$v),)+
+                    other => Err(crate::error::CramError::Input(format!(
+                        concat!("unknown ", $what, " `{}` (expected {})"),
+                        other,
+                        crate::one_of(&[$($name),+])
+                    ))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// `a`, `a or b`, `a, b or c`: the names an error says were expected.
+fn one_of(names: &[&str]) -> String {
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => (*last).to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
 pub mod ablations;
 pub mod capacity;
 pub mod datasets;
@@ -55,3 +100,38 @@ pub use cram_kernels::{alloc, blas, fused, ops};
 pub use cram_models as model;
 pub use cram_models::{error, fetch, generate, source, tokenizer, weights};
 pub use cram_models::{CramError, Result};
+
+#[cfg(test)]
+mod tests {
+    use crate::capacity::{PatienceFrom, Schedule};
+    use crate::engine::LossConvention;
+    use crate::lowdim::ZStart;
+
+    #[test]
+    fn string_enums_round_trip_and_name_what_they_expect() {
+        for s in [Schedule::Text, Schedule::Stage] {
+            assert_eq!(s.to_string().parse::<Schedule>().unwrap(), s);
+        }
+        for p in [PatienceFrom::Start, PatienceFrom::Update] {
+            assert_eq!(p.as_str().parse::<PatienceFrom>().unwrap(), p);
+        }
+        assert_eq!(
+            "paper".parse::<LossConvention>().unwrap(),
+            LossConvention::Paper
+        );
+        assert_eq!(ZStart::Fitted.to_string(), "fitted");
+        let e = |r: Result<ZStart, crate::CramError>| r.unwrap_err().to_string();
+        assert!(
+            e("Fitted".parse()).contains("unknown z start `Fitted` (expected fitted or zero)"),
+            "{}",
+            e("Fitted".parse())
+        );
+        let e = "warm".parse::<PatienceFrom>().unwrap_err().to_string();
+        assert!(
+            e.contains("unknown patience baseline `warm` (expected update or start)"),
+            "{e}"
+        );
+        assert_eq!(super::one_of(&["a"]), "a");
+        assert_eq!(super::one_of(&["a", "b", "c"]), "a, b or c");
+    }
+}

@@ -1,7 +1,8 @@
-//! Low-dimensional vectors (`--low-dim K --basis learned|pca:DIR|random`):
+//! Low-dimensional vectors (`--low-dim K --basis learned|pca:DIR|random|own`):
 //! each of a text's vectors is `W z + b`, with `z` of size `K` the text's
-//! own parameters and the basis `(W, b)` shared by every text of a run, as
-//! progressive cramming's low-dimensional parametrisation.
+//! own parameters and the basis `(W, b)` shared by every text of a run (or
+//! the text's own, `own`), as progressive cramming's low-dimensional
+//! parametrisation.
 //!
 //! The columns of `W` are orthogonal and of norm `sqrt(width / K)`, so an
 //! AdamW step of a given size in `z` moves the vector about as far as the
@@ -27,8 +28,16 @@
 //!   it instead of 0 ([`ZStart`]); `cram capacity` then starts its search
 //!   at the fitting length ([`LowDim::default_start`]).
 //!
-//! The basis is saved beside the vectors ([`BASIS_FILE`]); a vector file
-//! records its name and SHA-256, and `decompress` reads it.
+//! - `own`: no shared basis. Each text has its own `W` and `b`, started
+//!   as `random`'s, and trained with its `z` through the whole search:
+//!   progressive cramming's projection in its one-text (geometric) search,
+//!   a fresh `nn.Linear` per text. A text's parameters are then `[z, W,
+//!   b]` ([`Params::Own`]), its checkpoints hold all three, and its vector
+//!   files hold the vectors `W z + b` themselves, which decode without any
+//!   basis file.
+//!
+//! A shared basis is saved beside the vectors ([`BASIS_FILE`]); a vector
+//! file records its name and SHA-256, and `decompress` reads it.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +70,16 @@ pub enum BasisKind {
     Random,
     /// The principal directions of an earlier run's vectors.
     Pca(PathBuf),
+    /// Every text its own `W` and `b`, trained with its `z`.
+    Own,
+}
+
+impl BasisKind {
+    /// Whether the basis is shared by the run's texts (and saved in a
+    /// basis file); `own` is not.
+    pub fn is_shared(&self) -> bool {
+        *self != Self::Own
+    }
 }
 
 impl std::str::FromStr for BasisKind {
@@ -69,10 +88,11 @@ impl std::str::FromStr for BasisKind {
         match s {
             "learned" => Ok(Self::Learned),
             "random" => Ok(Self::Random),
+            "own" => Ok(Self::Own),
             other => match other.strip_prefix("pca:") {
                 Some(p) if !p.is_empty() => Ok(Self::Pca(PathBuf::from(p))),
                 _ => Err(CramError::Input(format!(
-                    "unknown basis `{other}` (expected learned, random or pca:RUN_DIR)"
+                    "unknown basis `{other}` (expected learned, random, own or pca:RUN_DIR)"
                 ))),
             },
         }
@@ -84,6 +104,7 @@ impl std::fmt::Display for BasisKind {
         match self {
             Self::Learned => f.write_str("learned"),
             Self::Random => f.write_str("random"),
+            Self::Own => f.write_str("own"),
             Self::Pca(p) => write!(f, "pca:{}", p.display()),
         }
     }
@@ -104,27 +125,7 @@ pub enum ZStart {
     Fitted,
 }
 
-impl std::str::FromStr for ZStart {
-    type Err = CramError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "zero" => Ok(Self::Zero),
-            "fitted" => Ok(Self::Fitted),
-            other => Err(CramError::Input(format!(
-                "unknown z start `{other}` (expected fitted or zero)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for ZStart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Zero => "zero",
-            Self::Fitted => "fitted",
-        })
-    }
-}
+string_enum!(ZStart, "z start", { Fitted => "fitted", Zero => "zero" });
 
 serde_as_string!(ZStart);
 
@@ -148,6 +149,26 @@ pub struct LowDim {
 }
 
 impl LowDim {
+    /// The setting of these values. An own basis fits on nothing and
+    /// starts every `z` from 0, so its fitting values are recorded as
+    /// 1 text, whole texts and `zero`, whatever was asked.
+    pub fn new(
+        k: usize,
+        basis: BasisKind,
+        fit_texts: usize,
+        fit_tokens: Option<usize>,
+        z_start: ZStart,
+    ) -> Self {
+        let own = basis == BasisKind::Own;
+        Self {
+            k,
+            basis,
+            fit_texts: if own { 1 } else { fit_texts },
+            fit_tokens: fit_tokens.filter(|_| !own),
+            z_start: if own { ZStart::Zero } else { z_start },
+        }
+    }
+
     /// The first invalid setting for a model of input width `width`, as
     /// (field, what is wrong).
     pub fn invalid(&self, width: usize) -> Option<(&'static str, String)> {
@@ -164,6 +185,12 @@ impl LowDim {
             return Some(("fit_tokens", "must be at least 1".into()));
         }
         None
+    }
+
+    /// What of a text a learned basis fits on: its first `fit_tokens`
+    /// tokens (all without a cut).
+    pub fn fit_cut<'i>(&self, ids: &'i [u32]) -> &'i [u32] {
+        &ids[..self.fit_tokens.map_or(ids.len(), |t| t.min(ids.len()))]
     }
 
     /// The first stage's target of a capacity search when none is given:
@@ -193,6 +220,10 @@ pub struct Basis {
     /// A learned basis: the fitting texts' `z` at the end of the fit, by
     /// the text's index in the run.
     pub fitted_z: BTreeMap<usize, Vec<f32>>,
+    /// The SHA-256 of the tokens each fitting text fitted on
+    /// ([`memfile::tokens_sha256`] of the cut text), by index; empty in
+    /// basis files written before it was recorded.
+    pub fitted_tokens: BTreeMap<usize, String>,
 }
 
 /// What a basis file records beside the tensors.
@@ -212,6 +243,10 @@ struct BasisMeta {
     /// SHA-256 of the fitted `z` and their indices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fitted_sha256: Option<String>,
+    /// The tokens' SHA-256 of each text of `fit_indices`, in their order
+    /// (absent in files written before it was recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    fit_tokens_sha256: Vec<String>,
 }
 
 impl Basis {
@@ -322,12 +357,21 @@ impl Basis {
             b,
             fit_steps: 0,
             fitted_z: BTreeMap::new(),
+            fitted_tokens: BTreeMap::new(),
         }
     }
 
-    /// The fitted `z` of text `index` of the run, if it fitted the basis.
-    pub fn fitted(&self, index: usize) -> Option<&[f32]> {
-        self.fitted_z.get(&index).map(Vec::as_slice)
+    /// The fitted `z` of text `index` of the run, if it fitted the basis
+    /// on tokens of SHA-256 `tokens` (another text at the same index, in a
+    /// run that reuses the basis, did not fit it; a basis file that does
+    /// not record the tokens trusts the index).
+    pub fn fitted(&self, index: usize, tokens: &str) -> Option<&[f32]> {
+        let same = self.fitted_tokens.is_empty()
+            || self.fitted_tokens.get(&index).is_some_and(|t| t == tokens);
+        self.fitted_z
+            .get(&index)
+            .filter(|_| same)
+            .map(Vec::as_slice)
     }
 
     /// SHA-256 of the fitted `z` and their indices.
@@ -340,6 +384,11 @@ impl Basis {
             for x in z {
                 h.update(x.to_le_bytes());
             }
+        }
+        // Files without the tokens' SHA-256 keep the hash they were
+        // written with.
+        for t in self.fitted_tokens.values() {
+            h.update(t.as_bytes());
         }
         format!("{:x}", h.finalize())
     }
@@ -370,7 +419,14 @@ impl Basis {
             sha256: self.sha256(),
             fit_indices: self.fitted_z.keys().copied().collect(),
             fitted_sha256: (!self.fitted_z.is_empty()).then(|| self.fitted_sha256()),
+            fit_tokens_sha256: self.fitted_tokens.values().cloned().collect(),
         };
+        if !self.fitted_tokens.is_empty() && !self.fitted_tokens.keys().eq(self.fitted_z.keys()) {
+            return Err(CramError::bad_file(
+                path,
+                "internal: fitted tokens of other texts than the fitted z",
+            ));
+        }
         let json = serde_json::to_string(&meta).map_err(|e| CramError::bad_file(path, e))?;
         let info = HashMap::from([(META_KEY.to_string(), json)]);
         let z: Vec<f32> = self.fitted_z.values().flatten().copied().collect();
@@ -433,6 +489,21 @@ impl Basis {
                 return Err(bad("`fit_indices` repeats a text".into()));
             }
         }
+        if !meta.fit_tokens_sha256.is_empty()
+            && meta.fit_tokens_sha256.len() != meta.fit_indices.len()
+        {
+            return Err(bad(format!(
+                "`fit_tokens_sha256` has {} entries for {} fitted texts",
+                meta.fit_tokens_sha256.len(),
+                meta.fit_indices.len()
+            )));
+        }
+        let fitted_tokens = meta
+            .fit_indices
+            .iter()
+            .copied()
+            .zip(meta.fit_tokens_sha256.iter().cloned())
+            .collect();
         let basis = Self {
             k: meta.k,
             width: meta.width,
@@ -440,6 +511,7 @@ impl Basis {
             b,
             fit_steps: meta.fit_steps,
             fitted_z,
+            fitted_tokens,
         };
         let damaged = |what: &str, sha: &str| {
             bad(format!(
@@ -505,19 +577,31 @@ pub fn points_of(dir: &Path) -> Result<Vec<Vec<f64>>> {
         let store = crate::capacity::CapacityStore::open_read(&db)?;
         let settings = store.settings()?;
         let engine = settings.as_ref().map(|s| &s["engine"]);
-        if engine.is_some_and(|e| !e["low_dim"].is_null()) {
-            return Err(full_only(&db));
-        }
+        let low = engine.map(|e| &e["low_dim"]).filter(|l| !l.is_null());
+        // An own basis's parameters hold their vectors.
+        let own = match low {
+            None => None,
+            Some(l) if l["basis"] == "own" => l["k"].as_u64().map(|k| k as usize),
+            Some(_) => return Err(full_only(&db)),
+        };
         let n_mem = engine.and_then(|e| e["n_mem"].as_u64()).unwrap_or(1).max(1) as usize;
         for p in store.load()? {
             if p.horizon() == 0 {
                 continue;
             }
-            let w = p.checkpoint.params.len() / n_mem;
+            let params = &p.checkpoint.params;
+            let vectors = match own {
+                Some(k) => {
+                    // [z (n_mem × k), W (width × k), b (width)].
+                    let width = params.len().saturating_sub(n_mem * k) / (k + 1);
+                    Params::Own { k, width }.vectors(params)
+                }
+                None => Cow::Borrowed(params.as_slice()),
+            };
+            let w = vectors.len() / n_mem;
             points.extend(
-                p.checkpoint
-                    .params
-                    .chunks_exact(w)
+                vectors
+                    .chunks_exact(w.max(1))
                     .map(|r| r.iter().map(|&x| x as f64).collect()),
             );
         }
@@ -534,7 +618,12 @@ pub fn points_of(dir: &Path) -> Result<Vec<Vec<f64>>> {
     files.sort();
     for f in files {
         let (v, meta) = memfile::read(&f)?;
-        if meta.config.low_dim.is_some() {
+        if meta
+            .config
+            .low_dim
+            .as_ref()
+            .is_some_and(|l| l.basis.is_shared())
+        {
             return Err(full_only(&f));
         }
         points.extend(
@@ -597,7 +686,8 @@ pub fn joint_grads(
 /// tokens) and the basis are optimised jointly with the engine's optimiser
 /// and schedule until every text is right teacher-forced, the loss is not
 /// finite, or the protocol's `max_steps`. The texts' last `z` (finite ones)
-/// are kept in the basis's `fitted_z`. `progress` gets the step and the
+/// are kept in the basis's `fitted_z`, their tokens' SHA-256 in
+/// `fitted_tokens`. `progress` gets the step and the
 /// texts' mean accuracy.
 pub fn learn(
     engine: &Engine<'_>,
@@ -639,12 +729,16 @@ pub fn learn(
         basis.w = w.to_vec();
         basis.b = b.to_vec();
     }
-    basis.fitted_z = texts
+    let kept: Vec<_> = texts
         .iter()
         .zip(zs)
         .filter(|(_, s)| s.params.iter().all(|x| x.is_finite()))
-        .map(|((i, _), s)| (*i, s.params))
         .collect();
+    basis.fitted_tokens = kept
+        .iter()
+        .map(|((i, ids), _)| (*i, memfile::tokens_sha256(ids)))
+        .collect();
+    basis.fitted_z = kept.into_iter().map(|((i, _), s)| (*i, s.params)).collect();
     Ok(basis)
 }
 
@@ -679,22 +773,21 @@ pub fn prepare(
             ),
         ));
     }
-    let offset = match engine.shared_start() {
-        Some(s) => s[..width].to_vec(),
-        None => vec![0.0; width],
-    };
+    let offset = start_offset(engine);
     let basis = match &low.basis {
         BasisKind::Random => Basis::random(engine.config().seed, width, low.k, offset),
         BasisKind::Pca(dir) => Basis::pca(&points_of(dir)?, low.k, width, dir)?,
+        BasisKind::Own => {
+            return Err(CramError::Input(
+                "internal: an own basis is every text's, not a shared one to prepare".into(),
+            ))
+        }
         BasisKind::Learned => {
             let start = Basis::random(engine.config().seed, width, low.k, offset);
             let texts: Vec<(usize, Vec<u32>)> = fit
                 .iter()
                 .take(low.fit_texts)
-                .map(|(i, ids)| {
-                    let n = low.fit_tokens.map_or(ids.len(), |t| t.min(ids.len()));
-                    (*i, ids[..n].to_vec())
-                })
+                .map(|(i, ids)| (*i, low.fit_cut(ids).to_vec()))
                 .collect();
             if texts.is_empty() {
                 return Err(CramError::Input(
@@ -708,13 +801,111 @@ pub fn prepare(
     Ok(basis)
 }
 
-/// The vectors of `params` under an optional basis: `params` itself
-/// without one.
-pub fn vectors<'p>(basis: Option<&Basis>, params: &'p [f32]) -> Cow<'p, [f32]> {
-    match basis {
-        Some(b) => Cow::Owned(b.expand(params)),
-        None => Cow::Borrowed(params),
+/// How a text's parameters are its vectors.
+#[derive(Debug, Clone, Copy)]
+pub enum Params<'b> {
+    /// The parameters are the vectors.
+    Full,
+    /// Each vector's `z` under a basis shared by the run's texts.
+    Shared(&'b Basis),
+    /// `[z (n_mem × k), W (width × k, row-major), b (width)]`: the text's
+    /// own basis ([`BasisKind::Own`]).
+    Own {
+        /// Size of each vector's `z`.
+        k: usize,
+        /// The model's input width.
+        width: usize,
+    },
+}
+
+impl Params<'_> {
+    /// Own parameters as their basis and `z`.
+    fn own_split(params: &[f32], k: usize, width: usize) -> (Basis, &[f32]) {
+        let basis_len = (width * k + width).min(params.len());
+        let (z, wb) = params.split_at(params.len() - basis_len);
+        let (w, b) = wb.split_at((width * k).min(wb.len()));
+        let basis = Basis {
+            k,
+            width,
+            w: w.to_vec(),
+            b: b.to_vec(),
+            fit_steps: 0,
+            fitted_z: BTreeMap::new(),
+            fitted_tokens: BTreeMap::new(),
+        };
+        (basis, z)
     }
+
+    /// The number of parameters of `n_mem` vectors of a model of input
+    /// width `width`.
+    pub fn count(&self, n_mem: usize, width: usize) -> usize {
+        match self {
+            Self::Full => n_mem * width,
+            Self::Shared(b) => n_mem * b.k,
+            Self::Own { k, width } => n_mem * k + width * k + width,
+        }
+    }
+
+    /// The vectors of `params`.
+    pub fn vectors<'p>(&self, params: &'p [f32]) -> Cow<'p, [f32]> {
+        match self {
+            Self::Full => Cow::Borrowed(params),
+            Self::Shared(b) => Cow::Owned(b.expand(params)),
+            Self::Own { k, width } => {
+                let (b, z) = Self::own_split(params, *k, *width);
+                Cow::Owned(b.expand(z))
+            }
+        }
+    }
+
+    /// The gradient with respect to `params` of a gradient `g` with
+    /// respect to their vectors.
+    pub fn pull_back(&self, params: &[f32], g: Vec<f32>) -> Vec<f32> {
+        match self {
+            Self::Full => g,
+            Self::Shared(b) => b.project(&g),
+            Self::Own { k, width } => {
+                let (b, z) = Self::own_split(params, *k, *width);
+                let mut out = b.project(&g);
+                let mut gwb = vec![0f32; b.w.len() + b.b.len()];
+                let (gw, gb) = gwb.split_at_mut(b.w.len());
+                b.accumulate(z, &g, gw, gb);
+                out.extend(gwb);
+                out
+            }
+        }
+    }
+
+    /// What a vector file holds of `params`: the `z` under a shared basis
+    /// (expanded with the basis file when read), the vectors otherwise.
+    pub fn file_numbers<'p>(&self, params: &'p [f32]) -> Cow<'p, [f32]> {
+        match self {
+            Self::Shared(_) => Cow::Borrowed(params),
+            _ => self.vectors(params),
+        }
+    }
+}
+
+/// The offset a `random` or learned basis starts from: the
+/// initialisation's shared start (one vector), 0 for `randn`.
+fn start_offset(engine: &Engine<'_>) -> Vec<f32> {
+    let width = engine.model().info().input_size;
+    match engine.shared_start() {
+        Some(s) => s[..width].to_vec(),
+        None => vec![0.0; width],
+    }
+}
+
+/// The parameters text `index` starts from under its own basis: `z` as
+/// [`initial_z`], `W` and `b` as the run's `random` basis (the same for
+/// every text), so that its vectors start where a full vector starts.
+pub fn own_start(engine: &Engine<'_>, index: usize, k: usize) -> Vec<f32> {
+    let width = engine.model().info().input_size;
+    let basis = Basis::random(engine.config().seed, width, k, start_offset(engine));
+    let mut p = initial_z(engine, index, k);
+    p.extend(basis.w);
+    p.extend(basis.b);
+    p
 }
 
 /// The `--low-dim` flags of `cram compress` and `cram capacity`.
@@ -722,13 +913,15 @@ pub fn vectors<'p>(basis: Option<&Basis>, params: &'p [f32]) -> Cow<'p, [f32]> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct LowDimArgs {
     /// Low-dimensional vectors: each vector is `W z + b` with `z` of size
-    /// K, the basis `(W, b)` shared by the run's texts and saved with them.
+    /// K, the basis `(W, b)` shared by the run's texts and saved with them
+    /// (or, with --basis own, every text's own, trained with its z).
     #[arg(long = "low-dim", value_name = "K")]
     pub low_dim: Option<usize>,
     /// The basis: learned (fitted jointly with the run's first --batch
-    /// texts, then frozen), random (fixed orthonormal directions), or
+    /// texts, then frozen), random (fixed orthonormal directions),
     /// pca:DIR (the principal directions of the full vectors of an earlier
-    /// compress folder or capacity run).
+    /// compress folder or capacity run), or own (every text its own W and
+    /// b, trained with its z; its files hold the vectors themselves).
     #[arg(
         long,
         value_name = "BASIS",
@@ -752,12 +945,14 @@ impl LowDimArgs {
     /// The setting, if `--low-dim` is given: a learned basis fits on
     /// `fit_texts` texts, cut to `--fit-tokens` or `default_fit_tokens`.
     pub fn setting(&self, fit_texts: usize, default_fit_tokens: Option<usize>) -> Option<LowDim> {
-        self.low_dim.map(|k| LowDim {
-            k,
-            basis: self.basis.clone(),
-            fit_texts: fit_texts.max(1),
-            fit_tokens: self.fit_tokens.or(default_fit_tokens),
-            z_start: self.z_start,
+        self.low_dim.map(|k| {
+            LowDim::new(
+                k,
+                self.basis.clone(),
+                fit_texts.max(1),
+                self.fit_tokens.or(default_fit_tokens),
+                self.z_start,
+            )
         })
     }
 }
@@ -858,17 +1053,29 @@ mod tests {
             (back, settings, sha.as_str()),
             (b.clone(), low.clone(), "abc")
         );
-        // A learned basis keeps its texts' fitted z, by index.
+        // A learned basis keeps its texts' fitted z, by index, for the
+        // tokens they fitted on.
         b.fitted_z = BTreeMap::from([(4, vec![0.5, -1.0, 2.0]), (9, vec![1.5, 0.0, -0.25])]);
+        // As written before the tokens were recorded: the index is trusted.
         b.write(&path, &low, "abc").unwrap();
         let (back, _, _) = Basis::read(&path).unwrap();
-        assert_eq!(back.fitted(9), Some(&[1.5, 0.0, -0.25][..]));
-        assert_eq!(back.fitted(5), None);
+        assert_eq!(back.fitted(9, "any"), Some(&[1.5, 0.0, -0.25][..]));
+        assert_eq!(back, b);
+        b.fitted_tokens = BTreeMap::from([(4, "t4".to_string()), (9, "t9".to_string())]);
+        b.write(&path, &low, "abc").unwrap();
+        let (back, _, _) = Basis::read(&path).unwrap();
+        assert_eq!(back.fitted(9, "t9"), Some(&[1.5, 0.0, -0.25][..]));
+        assert_eq!(back.fitted(9, "t4"), None, "another text at index 9");
+        assert_eq!(back.fitted(5, "t9"), None);
         assert_eq!(back, b);
         let bytes = std::fs::read(&path).unwrap();
         // Damage at the file's end, then in a fitted z's numbers.
         let at = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat).unwrap();
-        for pos in [bytes.len() - 3, at(&1.5f32.to_le_bytes()) + 3] {
+        for pos in [
+            bytes.len() - 3,
+            at(&1.5f32.to_le_bytes()) + 3,
+            at(b"t9") + 1,
+        ] {
             let mut bad = bytes.clone();
             bad[pos] ^= 0x40;
             std::fs::write(&path, bad).unwrap();
@@ -914,6 +1121,40 @@ mod tests {
     }
 
     #[test]
+    fn an_own_basis_records_no_fitting() {
+        let own = LowDim::new(32, BasisKind::Own, 8, Some(64), ZStart::Fitted);
+        assert_eq!(
+            (own.fit_texts, own.fit_tokens, own.z_start),
+            (1, None, ZStart::Zero)
+        );
+        assert_eq!(own.default_start(), None);
+        let learned = LowDim::new(32, BasisKind::Learned, 8, Some(64), ZStart::Fitted);
+        assert_eq!(
+            (learned.fit_texts, learned.fit_tokens, learned.z_start),
+            (8, Some(64), ZStart::Fitted)
+        );
+    }
+
+    #[test]
+    fn own_parameters_expand_and_pull_back_as_their_basis() {
+        let b = small();
+        let z = [0.5f32, -1.0, 2.0, 0.25, 0.0, -0.5];
+        let params: Vec<f32> = z.iter().chain(&b.w).chain(&b.b).copied().collect();
+        let own = Params::Own { k: 3, width: 12 };
+        assert_eq!(own.count(2, 12), params.len());
+        assert_eq!(own.vectors(&params).as_ref(), b.expand(&z).as_slice());
+        let g: Vec<f32> = (0..24).map(|i| (i as f32 * 0.37).sin()).collect();
+        let back = own.pull_back(&params, g.clone());
+        assert_eq!(&back[..6], b.project(&g).as_slice());
+        let (mut gw, mut gb) = (vec![0f32; 36], vec![0f32; 12]);
+        b.accumulate(&z, &g, &mut gw, &mut gb);
+        assert_eq!(&back[6..42], gw.as_slice());
+        assert_eq!(&back[42..], gb.as_slice());
+        // Too few numbers: no panic, whatever comes out.
+        let _ = own.vectors(&params[..5]);
+    }
+
+    #[test]
     fn basis_kinds_parse() {
         assert_eq!("learned".parse::<BasisKind>().unwrap(), BasisKind::Learned);
         assert_eq!(
@@ -921,6 +1162,9 @@ mod tests {
             BasisKind::Pca("runs/a".into())
         );
         assert_eq!(BasisKind::Pca("x".into()).to_string(), "pca:x");
+        assert_eq!("own".parse::<BasisKind>().unwrap(), BasisKind::Own);
+        assert_eq!(BasisKind::Own.to_string(), "own");
+        assert!(!BasisKind::Own.is_shared() && BasisKind::Learned.is_shared());
         assert!("pca:".parse::<BasisKind>().is_err());
         assert!("svd".parse::<BasisKind>().is_err());
     }

@@ -154,20 +154,23 @@ pub struct BasisRef {
 }
 
 impl MemMeta {
-    /// Numbers per vector in the file: `k` for low-dimensional vectors,
+    /// The low-dimensional setting whose files hold `z` under a shared
+    /// basis (an own basis's files hold the vectors themselves).
+    fn shared_low_dim(&self) -> Option<&crate::lowdim::LowDim> {
+        self.config.low_dim.as_ref().filter(|l| l.basis.is_shared())
+    }
+
+    /// Numbers per vector in the file: `k` for `z` under a shared basis,
     /// the model's input width otherwise.
     pub fn row_width(&self) -> usize {
-        self.config
-            .low_dim
-            .as_ref()
-            .map_or(self.input_size, |l| l.k)
+        self.shared_low_dim().map_or(self.input_size, |l| l.k)
     }
 
     /// The vectors of a file's numbers `params`: expanded with the basis
     /// it names (read from beside `file` and checked against its SHA-256),
-    /// or `params` themselves for full vectors.
+    /// or `params` themselves for full vectors (and an own basis's).
     pub fn expand(&self, file: &Path, params: Vec<f32>) -> Result<Vec<f32>> {
-        if self.config.low_dim.is_none() {
+        if self.shared_low_dim().is_none() {
             return Ok(params);
         }
         let r = self.basis.as_ref().ok_or_else(|| {

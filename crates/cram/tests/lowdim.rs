@@ -67,6 +67,35 @@ fn random_basis(m: &LoadedModel, k: usize) -> Basis {
     Basis::random(3, w, k, direction(w, 9).iter().map(|x| x * 0.05).collect())
 }
 
+/// The engine's gradient with respect to `params` (one text, `ids`),
+/// checked along a direction against a central finite difference.
+fn checked_gradient(engine: &Engine<'_>, ids: &[u32], params: &[f32], salt: usize) -> Vec<f32> {
+    let embeds = engine.embed_tokens(ids).unwrap();
+    let loss_at = |p: &[f32]| {
+        engine
+            .step_batch(&[StepItem {
+                params: p,
+                ids,
+                embeds: &embeds,
+            }])
+            .unwrap()
+            .remove(0)
+    };
+    let out = loss_at(params);
+    assert_eq!(out.grad.len(), params.len(), "one gradient per parameter");
+    let d = direction(params.len(), salt);
+    let eps = 1e-2f32;
+    let plus: Vec<f32> = params.iter().zip(&d).map(|(a, b)| a + eps * b).collect();
+    let minus: Vec<f32> = params.iter().zip(&d).map(|(a, b)| a - eps * b).collect();
+    let fd = (loss_at(&plus).loss - loss_at(&minus).loss) / (2.0 * eps as f64);
+    let an = dot(&out.grad, &d);
+    assert!(
+        (fd - an).abs() <= 0.02 * an.abs().max(1e-3),
+        "finite difference {fd} vs gradient {an}"
+    );
+    out.grad
+}
+
 #[test]
 fn z_gradients_match_finite_differences() {
     let m = fixture();
@@ -76,30 +105,9 @@ fn z_gradients_match_finite_differences() {
         .with_basis(random_basis(&m, k))
         .unwrap();
     let ids = &texts(&m)[0];
-    let embeds = engine.embed_tokens(ids).unwrap();
     let z: Vec<f32> = direction(2 * k, 1).iter().map(|x| x * 0.3).collect();
-    let loss_at = |z: &[f32]| {
-        engine
-            .step_batch(&[StepItem {
-                params: z,
-                ids,
-                embeds: &embeds,
-            }])
-            .unwrap()
-            .remove(0)
-    };
-    let out = loss_at(&z);
-    assert_eq!(out.grad.len(), 2 * k, "the gradient is with respect to z");
-    let d = direction(2 * k, 2);
-    let eps = 1e-2f32;
-    let plus: Vec<f32> = z.iter().zip(&d).map(|(a, b)| a + eps * b).collect();
-    let minus: Vec<f32> = z.iter().zip(&d).map(|(a, b)| a - eps * b).collect();
-    let fd = (loss_at(&plus).loss - loss_at(&minus).loss) / (2.0 * eps as f64);
-    let an = dot(&out.grad, &d);
-    assert!(
-        (fd - an).abs() <= 0.02 * an.abs().max(1e-3),
-        "finite difference {fd} vs gradient {an}"
-    );
+    // 2 vectors: the gradient is with respect to their z.
+    checked_gradient(&engine, ids, &z, 2);
 }
 
 #[test]
@@ -195,7 +203,12 @@ fn fitted_texts_start_from_their_fitted_z_when_asked() {
         learned.fitted_z.keys().copied().collect::<Vec<_>>(),
         vec![3, 7]
     );
-    let z3 = learned.fitted(3).unwrap().to_vec();
+    let z3 = learned.fitted_z[&3].clone();
+    assert_eq!(
+        learned.fitted_tokens[&3],
+        cram::memfile::tokens_sha256(&fit[0].1),
+        "the tokens it fitted on"
+    );
     assert_eq!(z3.len(), 2 * k, "n_mem × k");
     assert!(z3.iter().any(|x| *x != 0.0), "the fit moved z");
     let with = |z_start: ZStart| {
@@ -207,13 +220,22 @@ fn fitted_texts_start_from_their_fitted_z_when_asked() {
             .unwrap()
     };
     let fitted = with(ZStart::Fitted);
-    assert_eq!(fitted.initial_state(3).params, z3);
+    let (a, b) = (&fit[0].1, &fit[1].1);
+    assert_eq!(fitted.initial_state(3, a).params, z3);
     assert_eq!(
-        fitted.initial_state(0).params,
+        fitted.initial_state(0, a).params,
         vec![0.0; 2 * k],
         "not fitted"
     );
-    assert_eq!(with(ZStart::Zero).initial_state(3).params, vec![0.0; 2 * k]);
+    assert_eq!(
+        fitted.initial_state(3, b).params,
+        vec![0.0; 2 * k],
+        "another text at a fitted index"
+    );
+    assert_eq!(
+        with(ZStart::Zero).initial_state(3, a).params,
+        vec![0.0; 2 * k]
+    );
     // The fitted z is the fit's own: its loss under the learned basis is
     // the fit's last, below the loss at z = 0.
     let ids = &fit[0].1;
@@ -229,4 +251,85 @@ fn fitted_texts_start_from_their_fitted_z_when_asked() {
             .loss
     };
     assert!(loss(&z3) < loss(&vec![0.0; 2 * k]));
+}
+
+#[test]
+fn an_own_basis_starts_at_the_full_start_and_its_gradients_match_finite_differences() {
+    let m = fixture();
+    let k = 4;
+    let width = m.model.info().input_size;
+    let engine = Engine::new(&m, config(k, BasisKind::Own, 10)).unwrap();
+    let params = engine.params().unwrap();
+    let ids = &texts(&m)[0];
+    let start = engine.initial_state(0, ids).params;
+    assert_eq!(start.len(), 2 * k + width * k + width, "[z, W, b]");
+    assert_eq!(params.count(2, width), start.len());
+    // z = 0: the vectors start where full vectors start (the mean).
+    let full = Engine::new(
+        &m,
+        CramConfig {
+            low_dim: None,
+            ..config(k, BasisKind::Own, 10)
+        },
+    )
+    .unwrap()
+    .initial_state(0, ids)
+    .params;
+    assert_eq!(params.vectors(&start).as_ref(), full.as_slice());
+    assert_eq!(params.file_numbers(&start).as_ref(), full.as_slice());
+    // Away from z = 0 every part of the parameters has a gradient.
+    let p: Vec<f32> = start
+        .iter()
+        .zip(direction(start.len(), 5))
+        .map(|(a, d)| a + 0.2 * d)
+        .collect();
+    let grad = checked_gradient(&engine, ids, &p, 6);
+    let (gz, gwb) = grad.split_at(2 * k);
+    let (gw, gb) = gwb.split_at(width * k);
+    for (part, g) in [("z", gz), ("W", gw), ("b", gb)] {
+        assert!(g.iter().any(|x| *x != 0.0), "{part} has no gradient");
+    }
+}
+
+#[test]
+fn an_own_basis_run_keeps_vectors_that_decode_without_a_basis() {
+    let m = fixture();
+    let k = 8;
+    let engine = Engine::new(&m, config(k, BasisKind::Own, 80)).unwrap();
+    assert!(
+        Engine::new(&m, config(k, BasisKind::Own, 80))
+            .unwrap()
+            .with_basis(random_basis(&m, k))
+            .is_err(),
+        "an own basis takes no shared one"
+    );
+    let all = texts(&m);
+    let results = engine.run(&all, 0, |_| {}).unwrap();
+    let width = m.model.info().input_size;
+    let full = Engine::new(
+        &m,
+        CramConfig {
+            low_dim: None,
+            ..config(k, BasisKind::Own, 80)
+        },
+    )
+    .unwrap();
+    for (r, ids) in results.iter().zip(&all) {
+        assert_eq!(
+            r.vectors.len(),
+            2 * width,
+            "the kept vectors, not [z, W, b]"
+        );
+        assert!(r.best_accuracy > 0.5, "it learned: {}", r.best_accuracy);
+        // A full-vector engine decodes the kept vectors as the run did.
+        let decoded = full
+            .decode(&[cram::engine::DecodeItem {
+                vectors: &r.vectors,
+                first_token: ids.first().copied(),
+                count: ids.len(),
+            }])
+            .unwrap()
+            .remove(0);
+        assert_eq!(decoded, r.decoded_ids);
+    }
 }

@@ -177,7 +177,7 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
     let mut store = CapacityStore::open(&db)?;
     let identity = ModelIdentity::of(m)?;
     let mut basis_ref = None;
-    if let Some(low) = ecfg.low_dim.clone() {
+    if let Some(low) = ecfg.low_dim.clone().filter(|l| l.basis.is_shared()) {
         for t in &texts {
             engine.check_text(&t.ids)?;
         }
@@ -387,7 +387,11 @@ fn write_vectors(
     let mut meta = MemMeta::new(m, identity, cfg, engine.layout(), prefix, &result);
     meta.basis = basis.cloned();
     let path = dir.join(format!("{:05}.safetensors", p.index));
-    memfile::write(&path, &p.checkpoint.params, &meta)?;
+    memfile::write(
+        &path,
+        &engine.params()?.file_numbers(&p.checkpoint.params),
+        &meta,
+    )?;
     Ok(Some(path))
 }
 

@@ -120,7 +120,8 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
     }
     let identity = ModelIdentity::of(m)?;
     let mut basis_ref = None;
-    if let Some(low) = engine.config().low_dim.clone() {
+    let shared = engine.config().low_dim.clone();
+    if let Some(low) = shared.filter(|l| l.basis.is_shared()) {
         let file = if many {
             args.output.join(lowdim::BASIS_FILE)
         } else {

@@ -57,27 +57,7 @@ pub enum Schedule {
     Stage,
 }
 
-impl std::str::FromStr for Schedule {
-    type Err = CramError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "text" => Ok(Self::Text),
-            "stage" => Ok(Self::Stage),
-            _ => Err(CramError::Input(format!(
-                "unknown schedule `{s}` (expected text or stage)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for Schedule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Text => "text",
-            Self::Stage => "stage",
-        })
-    }
-}
+string_enum!(Schedule, "schedule", { Text => "text", Stage => "stage" });
 
 /// What a stage's patience counts progress against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -97,27 +77,7 @@ pub enum PatienceFrom {
     Update,
 }
 
-impl std::str::FromStr for PatienceFrom {
-    type Err = CramError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "start" => Ok(Self::Start),
-            "update" => Ok(Self::Update),
-            _ => Err(CramError::Input(format!(
-                "unknown patience baseline `{s}` (expected update or start)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for PatienceFrom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Start => "start",
-            Self::Update => "update",
-        })
-    }
-}
+string_enum!(PatienceFrom, "patience baseline", { Update => "update", Start => "start" });
 
 /// Settings of a capacity search, recorded with the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -478,7 +438,7 @@ pub fn fresh(engine: &Engine<'_>, cfg: &CapacityConfig, t: &CapacityText) -> Tex
         stages: 0,
         steps: 0,
         seconds: 0.0,
-        checkpoint: engine.initial_state(t.index),
+        checkpoint: engine.initial_state(t.index, &t.ids),
         result: None,
     }
 }
@@ -526,6 +486,8 @@ pub fn search(
     let mut stored: std::collections::HashMap<usize, TextProgress> =
         store.load()?.into_iter().map(|p| (p.index, p)).collect();
     let mut progress = Vec::with_capacity(texts.len());
+    let params = engine.params()?;
+    let width = engine.model().info().input_size;
     for t in texts {
         let p = match stored.remove(&t.index) {
             Some(p) if p.tokens_sha256 != tokens_sha256(&t.ids) || p.id != t.id => {
@@ -540,6 +502,17 @@ pub fn search(
             Some(p) => p,
             None => fresh(engine, cfg, t),
         };
+        let want = params.count(engine.config().n_mem, width);
+        if p.checkpoint.params.len() != want {
+            return Err(CramError::bad_file(
+                store.path(),
+                format!(
+                    "text {}'s checkpoint holds {} numbers where these settings have {want} (a damaged run)",
+                    t.index,
+                    p.checkpoint.params.len()
+                ),
+            ));
+        }
         progress.push(p);
     }
     let mut done = progress.iter().filter(|p| p.search.done).count();

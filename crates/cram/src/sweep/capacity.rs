@@ -13,7 +13,7 @@
 //! search = ["gallop", "step:1"]
 //! max_tokens = 128
 //! low_dim = [0, 32]   # 0: full vectors; K: W z + b with z of size K
-//! basis = "learned"   # or random, pca:RUN_DIR
+//! basis = "learned"   # or random, own, pca:RUN_DIR
 //! [[datasets]]
 //! name = "pg19"
 //! builtin = "pg19"
@@ -21,9 +21,9 @@
 //!
 //! Each (model, data set, `n_mem`, search, low-dim) is a *unit* with its
 //! own folder `RUN_DIR/capacity/<model>__<dataset>__m<n_mem>__<search>/`
-//! (`...__<search>__k<K>-<basis>/` for low-dimensional vectors, with its
-//! basis in `basis[-shard-I-of-N].safetensors`: every shard fits the same
-//! learned basis, on the data set's first `batch_size` texts) holding
+//! (`...__<search>__k<K>-<basis>/` for low-dimensional vectors, with a
+//! shared basis in `basis[-shard-I-of-N].safetensors`: every shard fits the
+//! same learned basis, on the data set's first `batch_size` texts) holding
 //! `capacity.sqlite`, or with shards one `capacity-shard-I-of-N.sqlite` per
 //! shard: shard `i` of `n` searches the texts whose position in the data
 //! set is `i` modulo `n`, so shards are disjoint and together cover every
@@ -167,12 +167,14 @@ impl CapacitySweep {
     /// The low-dimensional setting of a unit with `z` of size `k` (none for
     /// 0) whose learned basis fits on `fit_texts` texts.
     pub fn low_dim(&self, k: usize, fit_texts: usize) -> Option<LowDim> {
-        (k > 0).then(|| LowDim {
-            k,
-            basis: self.basis.clone(),
-            fit_texts,
-            fit_tokens: Some(self.fit_tokens),
-            z_start: self.z_start,
+        (k > 0).then(|| {
+            LowDim::new(
+                k,
+                self.basis.clone(),
+                fit_texts,
+                Some(self.fit_tokens),
+                self.z_start,
+            )
         })
     }
 
@@ -368,8 +370,7 @@ pub fn run(
                     let _lock = RunLock::acquire(&db, opts.wait)?;
                     let mut store = CapacityStore::open(&db)?;
                     let engine = match &low {
-                        None => base.clone(),
-                        Some(l) => {
+                        Some(l) if l.basis.is_shared() => {
                             let file = crate::lowdim::basis_file(&db);
                             let b = match basis.take() {
                                 Some(b) if !file.exists() => {
@@ -388,6 +389,7 @@ pub fn run(
                             basis = Some(b.clone());
                             base.clone().with_basis(b)?
                         }
+                        _ => base.clone(),
                     };
                     let mut settings = capacity::run_settings(&identity, &backend, &engine, &cfg);
                     settings["dataset"] = d.name.clone().into();
@@ -451,5 +453,26 @@ mod tests {
                 crate::lowdim::CAPACITY_FIT_TOKENS
             );
         }
+    }
+
+    #[test]
+    fn an_own_basis_unit_fits_nothing_and_starts_as_its_search() {
+        let sweep: CapacitySweep =
+            toml::from_str("max_tokens = 64\nlow_dim = [0, 16]\nbasis = \"own\"").unwrap();
+        assert_eq!(sweep.invalid(), None);
+        let low = sweep.low_dim(16, 8).unwrap();
+        assert_eq!(low.basis, BasisKind::Own);
+        assert_eq!((low.fit_texts, low.fit_tokens), (1, None));
+        let search = Search::Gallop;
+        assert_eq!(
+            sweep.config(search, Some(&low)).start,
+            CapacityConfig::new(search).start
+        );
+        let dir = unit_dir(Path::new("r"), "m", "d", 1, search, Some(&low));
+        assert!(
+            dir.ends_with("m__d__m1__gallop__k16-own"),
+            "{}",
+            dir.display()
+        );
     }
 }
