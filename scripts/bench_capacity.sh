@@ -30,16 +30,19 @@
 #            --basis learned --fit-tokens F --start F --z-start zero` (F =
 #            LOWDIM_FIT, default schedule): the basis fitted on the texts'
 #            first F tokens, the search starting at F with every z from 0;
-#   lowdim   (LOWDIM=1) `cram capacity --search gallop --low-dim K`: the
-#            low-dim defaults (a learned basis fitted at 64 tokens, the
+#   lowdim   (LOWDIM=1) `cram capacity --search gallop --low-dim K --basis
+#            learned`: the learned-basis defaults (a learned basis fitted at 64 tokens, the
 #            fitted texts from their fitted z, the search from 64);
 #            these two against the grid with the basis's fitting steps
 #            counted once per fitted text (a joint step is a
 #            forward/backward of every fitted text);
 #   lowdim-own  (LOWDIM=1) `cram capacity --search gallop --low-dim K
 #            --basis own`: every text its own W and b, trained with its z
-#            through the search (nothing fitted before it), against the
-#            grid.
+#            through the search (nothing fitted before it; with K = 32 the
+#            default of `cram capacity` since 2026-12-07), against the grid;
+#   step1-own  (LOWDIM=1) step:1 as the step:1 side (STEP1_FLAGS) with
+#            `--low-dim K --basis own`, against lowdim-own.
+# The sides before the low-dim ones are full vectors (`--low-dim 0`).
 # Every side runs on the same texts; the script prints a Markdown table and
 # the ratios issue 14 asks for. Step counts do not depend on the machine's
 # load; seconds do. A side that finishes all texts is kept in KEEP (its
@@ -80,6 +83,9 @@ TOLERANCE=${TOLERANCE:-12}
 read -r -a STEP1_FLAGS <<<"${STEP1_FLAGS---stage-patience 300 --schedule text --stage-warmup 0}"
 # The schedule the kept paper and low-dim sides ran with.
 TEXT_SCHEDULE=(--schedule text --stage-warmup 0)
+# Full vectors (`cram capacity`'s default since 2026-12-07 is --low-dim 32
+# --basis own; the full-vector sides were kept before and pin it).
+FULL=(--low-dim 0)
 TABLE_ONLY=${TABLE_ONLY:-0}
 KEEP=${KEEP-docs/study/capacity/$MODEL}
 read -r -a EXTRA <<<"${CAPACITY_FLAGS:-}"
@@ -149,9 +155,9 @@ if [ "$TABLE_ONLY" = 1 ]; then
         from_study "$L" || true
     done
 else
-    search gallop --search gallop --tolerance "$TOLERANCE"
-    search gallop-text --search gallop --tolerance "$TOLERANCE" "${TEXT_SCHEDULE[@]}"
-    search climb --search climb --tolerance "$TOLERANCE"
+    search gallop --search gallop --tolerance "$TOLERANCE" "${FULL[@]}"
+    search gallop-text --search gallop --tolerance "$TOLERANCE" "${TEXT_SCHEDULE[@]}" "${FULL[@]}"
+    search climb --search climb --tolerance "$TOLERANCE" "${FULL[@]}"
     for L in $GRID; do
         if from_study "$L"; then
             echo "grid $L: from $GRID_FROM" >&2
@@ -164,9 +170,9 @@ else
             --json -o "$OUT/grid-$L" >"$OUT/grid-$L.jsonl"
         keep "grid-$L"
     done
-    search step1 --search step:1 --start 1 "${STEP1_FLAGS[@]}"
+    search step1 --search step:1 --start 1 "${STEP1_FLAGS[@]}" "${FULL[@]}"
     [ "$PAPER" = 1 ] && search paper --search gallop --tolerance "$TOLERANCE" --protocol paper \
-        "${TEXT_SCHEDULE[@]}"
+        "${TEXT_SCHEDULE[@]}" "${FULL[@]}"
     if [ "$LOWDIM" = 1 ]; then
         search lowdim-learned --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" --basis learned \
             --fit-tokens 32 --start 8 --z-start zero "${TEXT_SCHEDULE[@]}"
@@ -190,8 +196,9 @@ PY
     if [ "$LOWDIM" = 1 ]; then
         search "lowdim-fit$LOWDIM_FIT" --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" \
             --basis learned --fit-tokens "$LOWDIM_FIT" --start "$LOWDIM_FIT" --z-start zero
-        search lowdim --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K"
+        search lowdim --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" --basis learned
         search lowdim-own --search gallop --tolerance "$TOLERANCE" --low-dim "$LOWDIM_K" --basis own
+        search step1-own --search step:1 --start 1 "${STEP1_FLAGS[@]}" --low-dim "$LOWDIM_K" --basis own
     fi
 fi
 
@@ -298,4 +305,15 @@ for name, how in ((f"lowdim-fit{F}", f"--basis learned --fit-tokens {F} --start 
         against_grid(name, lf, cost, " (fitting counted)" if fit else "")
     if "gallop" in runs:
         print(f"- mean horizon, {name} vs gallop (full vectors): {mean(lf):.1f} vs {mean(runs['gallop']):.1f}")
+# Issue 14's step:1 line for the default vectors (every text its own basis).
+own, s1own = lines(f"{out}/lowdim-own.jsonl"), lines(f"{out}/step1-own.jsonl")
+if own and s1own:
+    print(f"\n`step1-own` (step:1 from 1 token as the step:1 side, --low-dim {K} --basis own) against `lowdim-own`, same texts:\n")
+    print("| text | lowdim-own horizon | lowdim-own steps | step1-own horizon | step1-own steps |")
+    print("|---|---:|---:|---:|---:|")
+    for i in range(n):
+        print(f"| {own[i]['id']} | {own[i]['horizon']} | {own[i]['steps']} | {s1own[i]['horizon']} | {s1own[i]['steps']} |")
+    print(f"| **all** | mean {mean(own):.1f} | {tot(own)} | mean {mean(s1own):.1f} | {tot(s1own)} |\n")
+    print(f"- mean horizon, lowdim-own vs step1-own: {mean(own):.1f} vs {mean(s1own):.1f} ({100 * (mean(own) - mean(s1own)) / mean(s1own):+.1f}%, target within ±10%)")
+    print(f"- optimisation steps, step1-own / lowdim-own: {tot(s1own) / tot(own):.2f}× (target ≥ 1.5×)")
 PY

@@ -2,8 +2,8 @@
 # The learning-rate schedule of a warm-started gallop search, on texts the
 # capacity benchmark (scripts/bench_capacity.sh) did not tune on: the
 # convergence study's rows for TEXTS texts (scripts/study_texts.py) less the
-# benchmark's first 8. Two sides, every setting explicit so that the study
-# does not move with the defaults:
+# benchmark's first 8. Two sides of full vectors (`--low-dim 0`), every
+# setting explicit so that the study does not move with the defaults:
 #   text       `--schedule text --stage-warmup 0` (the protocol's cosine over
 #              the text's budget, carried from stage to stage)
 #   stage-w10  `--schedule stage --stage-warmup 10` (the cosine restarted at
@@ -67,8 +67,8 @@ side() { # NAME FLAGS...
         cp "$OUT/$name".* "$KEEP/schedule/"
     fi
 }
-side text --schedule text --stage-warmup 0
-side stage-w10 --schedule stage --stage-warmup 10
+side text --schedule text --stage-warmup 0 --low-dim 0
+side stage-w10 --schedule stage --stage-warmup 10 --low-dim 0
 if [ "${LOWDIM:-1}" = 1 ]; then
     side lowdim --schedule stage --stage-warmup 10 --low-dim 32 --basis learned --fit-tokens 64 \
         --z-start fitted --start 64

@@ -122,6 +122,8 @@ fn capacity_reports_verified_horizons_writes_decodable_vectors_and_resumes() {
         .sum::<f64>()
         / 3.0;
     assert!(md.contains(&format!("| {mean:.1} |")), "{md}");
+    // By default every text has its own basis with z of size 32.
+    assert!(md.contains("low-dim 32 (own)"), "{md}");
     // Other settings in the same run folder are refused, naming the setting.
     let mut other = args.clone();
     other.extend_from_slice(&["--search", "step:1"]);
@@ -137,6 +139,7 @@ fn capacity_reports_verified_horizons_writes_decodable_vectors_and_resumes() {
         ("--schedule", "text", "capacity.schedule"),
         ("--patience-from", "start", "capacity.patience_from"),
         ("--tolerance", "10", "capacity.tolerance"),
+        ("--low-dim", "0", "low_dim"),
     ] {
         let mut other = args.clone();
         other.extend_from_slice(&[flag, value]);
@@ -252,6 +255,8 @@ fn bad_capacity_settings_are_clear_errors() {
         (vec!["--batch", "0"], &input, "--batch"),
         (vec!["--texts", "0"], &input, "--texts"),
         (vec!["--lr", "NaN"], &input, "lr"),
+        (vec!["--low-dim", "0", "--basis", "own"], &input, "--basis"),
+        (vec!["--fit-tokens", "6"], &input, "--fit-tokens"),
         (vec![], &empty, "empty.jsonl"),
     ] {
         let mut args = vec![
@@ -287,6 +292,7 @@ search = ["gallop", "step:2"]
 max_tokens = 10
 start = 2
 low_dim = [0, 16]
+basis = "learned"
 fit_tokens = 6
 [[datasets]]
 name = "short"
@@ -372,25 +378,19 @@ fn low_dimensional_capacity_runs_keep_their_basis_and_resume() {
     let input = texts(tmp.path());
     let model = model();
     let full = tmp.path().join("full").display().to_string();
-    let mut args = capacity_args(&input, &full, &[]);
+    let mut args = capacity_args(&input, &full, &["--low-dim", "0"]);
     args.extend_from_slice(&["--model", &model]);
     run(&args);
     let pca = format!("pca:{full}");
-    for (basis, k) in [("learned", "16"), (pca.as_str(), "4")] {
+    for (basis, k, fit) in [("learned", "16", "6"), (pca.as_str(), "4", "")] {
         let name = basis.split(':').next().unwrap();
         let out = tmp.path().join(name).display().to_string();
         let vecs = tmp.path().join(format!("v-{name}")).display().to_string();
         let mut args = capacity_args(&input, &out, &["-o", &vecs]);
-        args.extend_from_slice(&[
-            "--model",
-            &model,
-            "--low-dim",
-            k,
-            "--basis",
-            basis,
-            "--fit-tokens",
-            "6",
-        ]);
+        args.extend_from_slice(&["--model", &model, "--low-dim", k, "--basis", basis]);
+        if !fit.is_empty() {
+            args.extend_from_slice(&["--fit-tokens", fit]);
+        }
         let first = run(&args);
         assert_eq!(first.len(), 3);
         assert!(
@@ -441,6 +441,7 @@ fn a_learned_basis_starts_its_fitted_texts_from_their_fitted_z_at_the_fitting_le
         args.extend_from_slice(&["--out", &out, "--json", "--trace", &trace_s]);
         args.extend_from_slice(FAST);
         args.extend_from_slice(&["--max-tokens", "10", "--batch", "2", "--low-dim", "16"]);
+        args.extend_from_slice(&["--basis", "learned"]);
         args.extend_from_slice(&["--fit-tokens", "6", "--z-start", z_start]);
         args.extend_from_slice(extra);
         let lines = run(&args);

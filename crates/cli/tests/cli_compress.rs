@@ -302,7 +302,11 @@ fn low_dimensional_vectors_decode_with_the_basis_saved_beside_them() {
     );
     // Bad settings.
     for (extra, want) in [
-        (vec!["--low-dim", "0"], "low_dim"),
+        (vec!["--low-dim", "0", "--basis", "random"], "--basis"),
+        (
+            vec!["--low-dim", "4", "--basis", "random", "--fit-tokens", "4"],
+            "--fit-tokens",
+        ),
         (vec!["--low-dim", "65"], "input width 64"),
         (vec!["--low-dim", "4", "--basis", "svd"], "unknown basis"),
         (vec!["--basis", "random"], "--low-dim"),

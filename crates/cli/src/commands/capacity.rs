@@ -84,8 +84,9 @@ pub struct CapacityArgs {
     /// replaced by the stage and text budgets).
     #[command(flatten)]
     pub cram: CramArgs,
-    /// Low-dimensional vectors (the basis is saved as RUN_DIR/basis.safetensors
-    /// and beside the vector files).
+    /// Low-dimensional vectors, by default every text its own basis with z
+    /// of size 32 (`--low-dim 0`: full vectors; a shared basis is saved as
+    /// RUN_DIR/basis.safetensors and beside the vector files).
     #[command(flatten)]
     pub low_dim: LowDimArgs,
     /// The run folder: RUN_DIR/capacity.sqlite holds every finished stage;
@@ -125,10 +126,13 @@ pub fn capacity(m: &LoadedModel, args: &CapacityArgs, quiet: bool) -> anyhow::Re
         samples.truncate(n);
     }
     let mut ecfg = args.cram.config();
-    ecfg.low_dim = args.low_dim.setting(
-        args.batch.min(samples.len()),
-        Some(lowdim::CAPACITY_FIT_TOKENS),
-    );
+    ecfg.low_dim = args
+        .low_dim
+        .setting(
+            args.batch.min(samples.len()),
+            &lowdim::LowDimDefaults::capacity(),
+        )
+        .map_err(anyhow::Error::msg)?;
     let cfg = CapacityConfig {
         search: args.search,
         start: args

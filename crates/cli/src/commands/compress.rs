@@ -75,7 +75,13 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
         anyhow::bail!("--batch must be at least 1");
     }
     let mut ecfg = args.cram.config();
-    ecfg.low_dim = args.low_dim.setting(args.batch.min(texts.len()), None);
+    ecfg.low_dim = args
+        .low_dim
+        .setting(
+            args.batch.min(texts.len()),
+            &lowdim::LowDimDefaults::compress(),
+        )
+        .map_err(anyhow::Error::msg)?;
     let mut engine = Engine::new(m, ecfg)?;
     let layout = engine.layout().clone();
     if !quiet && !args.json {
@@ -120,8 +126,12 @@ pub fn compress(m: &LoadedModel, args: &CompressArgs, quiet: bool) -> anyhow::Re
     }
     let identity = ModelIdentity::of(m)?;
     let mut basis_ref = None;
-    let shared = engine.config().low_dim.clone();
-    if let Some(low) = shared.filter(|l| l.basis.is_shared()) {
+    if let Some(low) = engine
+        .config()
+        .low_dim
+        .clone()
+        .filter(|l| l.basis.is_shared())
+    {
         let file = if many {
             args.output.join(lowdim::BASIS_FILE)
         } else {

@@ -12,8 +12,8 @@
 //! [capacity]
 //! search = ["gallop", "step:1"]
 //! max_tokens = 128
-//! low_dim = [0, 32]   # 0: full vectors; K: W z + b with z of size K
-//! basis = "learned"   # or random, own, pca:RUN_DIR
+//! low_dim = [0, 32]   # 0: full vectors; K: W z + b with z of size K [32]
+//! basis = "own"       # every text its own W, b [own]; or learned, random, pca:RUN_DIR
 //! [[datasets]]
 //! name = "pg19"
 //! builtin = "pg19"
@@ -40,7 +40,7 @@ use crate::capacity::{
 };
 use crate::engine::Engine;
 use crate::error::{CramError, Result};
-use crate::lowdim::{BasisKind, LowDim, ZStart};
+use crate::lowdim::{BasisKind, LowDim, LowDimDefaults, ZStart};
 use crate::memfile::ModelIdentity;
 use crate::store::RunLock;
 
@@ -80,10 +80,10 @@ pub struct CapacitySweep {
     /// [default: 10; 0: none].
     #[serde(default = "default_stage_warmup")]
     pub stage_warmup: usize,
-    /// Sizes of `z`, each a unit of its own; 0: full vectors [default: 0].
+    /// Sizes of `z`, each a unit of its own; 0: full vectors [default: 32].
     #[serde(default = "default_low_dim")]
     pub low_dim: Vec<usize>,
-    /// The basis of low-dimensional units.
+    /// The basis of low-dimensional units [default: own].
     #[serde(default = "default_basis")]
     pub basis: BasisKind,
     /// A learned basis fits on this many tokens of its texts [default: 64].
@@ -99,11 +99,11 @@ fn default_z_start() -> ZStart {
 }
 
 fn default_low_dim() -> Vec<usize> {
-    vec![0]
+    vec![LowDimDefaults::capacity().k]
 }
 
 fn default_basis() -> BasisKind {
-    BasisKind::Learned
+    LowDimDefaults::capacity().basis
 }
 
 fn default_fit_tokens() -> usize {
@@ -434,6 +434,15 @@ mod tests {
     #[test]
     fn a_capacity_table_without_search_settings_takes_the_commands_defaults() {
         let sweep: CapacitySweep = toml::from_str("max_tokens = 64").unwrap();
+        // One unit per search, of `cram capacity`'s default vectors: every
+        // text its own basis, z of size 32.
+        assert_eq!(sweep.low_dim, [32]);
+        assert_eq!(
+            sweep.low_dim(32, 8),
+            Some(LowDim::new(32, BasisKind::Own, 1, None, ZStart::Zero))
+        );
+        let learned: CapacitySweep =
+            toml::from_str("max_tokens = 64\nbasis = \"learned\"").unwrap();
         for search in [Search::Gallop, Search::Climb, Search::Step(3)] {
             let cfg = sweep.config(search, None);
             assert_eq!(
@@ -445,11 +454,11 @@ mod tests {
             );
             // A unit with a learned basis (fitted z start): from the
             // fitting length, as `cram capacity`.
-            let low = sweep.low_dim(32, 8).unwrap();
+            let low = learned.low_dim(32, 8).unwrap();
             assert_eq!(low.z_start, ZStart::Fitted);
             assert_eq!(low.fit_tokens, Some(crate::lowdim::CAPACITY_FIT_TOKENS));
             assert_eq!(
-                sweep.config(search, Some(&low)).start,
+                learned.config(search, Some(&low)).start,
                 crate::lowdim::CAPACITY_FIT_TOKENS
             );
         }
