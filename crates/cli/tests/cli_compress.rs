@@ -304,7 +304,7 @@ fn low_dimensional_vectors_decode_with_the_basis_saved_beside_them() {
     for (extra, want) in [
         (vec!["--low-dim", "0", "--basis", "random"], "--basis"),
         (
-            vec!["--low-dim", "4", "--basis", "random", "--fit-tokens", "4"],
+            vec!["--low-dim", "4", "--basis", "own", "--fit-tokens", "4"],
             "--fit-tokens",
         ),
         (vec!["--low-dim", "65"], "input width 64"),

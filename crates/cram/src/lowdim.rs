@@ -1014,8 +1014,10 @@ pub struct LowDimArgs {
 impl LowDimArgs {
     /// The setting these flags ask for over the command's `defaults` (none:
     /// full vectors); a learned basis fits on `fit_texts` texts. A flag
-    /// that the resulting setting would ignore (a basis for full vectors,
-    /// fitting flags for a basis that fits nothing) is an error naming it.
+    /// that the resulting setting would drop (a basis for full vectors,
+    /// fitting flags for an own basis, which [`LowDim::new`] records as
+    /// fitting nothing) is an error naming it. Random and PCA bases record
+    /// the fitting flags as they always did, so their runs resume.
     pub fn setting(
         &self,
         fit_texts: usize,
@@ -1039,10 +1041,10 @@ impl LowDimArgs {
             };
         }
         let basis = self.basis.clone().unwrap_or(defaults.basis.clone());
-        if basis != BasisKind::Learned {
+        if basis == BasisKind::Own {
             if let Some((flag, _)) = fitting.into_iter().find(|(_, given)| *given) {
                 return Err(format!(
-                    "{flag} applies to a learned basis, and the basis is {basis} (--basis learned to fit one)"
+                    "{flag} does not apply to an own basis, which fits nothing before the search (--basis learned fits one)"
                 ));
             }
         }
@@ -1283,8 +1285,12 @@ mod tests {
             .setting(8, &capacity)
             .unwrap_err();
         assert!(e.contains("--fit-tokens") && e.contains("own"), "{e}");
-        let e = flags(Some(8), Some("random"), None, Some(ZStart::Zero)).setting(8, &capacity);
+        let e = flags(Some(8), Some("own"), None, Some(ZStart::Zero)).setting(8, &compress);
         assert!(e.unwrap_err().contains("--z-start"));
+        // A random or PCA basis records them, as runs made before did.
+        let random = flags(Some(8), Some("random"), Some(6), Some(ZStart::Zero));
+        let low = random.setting(8, &capacity).unwrap().unwrap();
+        assert_eq!((low.fit_tokens, low.z_start), (Some(6), ZStart::Zero));
     }
 
     #[test]
