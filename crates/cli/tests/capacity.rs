@@ -370,6 +370,27 @@ source = {{ kind = "jsonl", path = "texts.jsonl" }}
     let o = cram(&["sweep", bad.to_str().unwrap(), "--out", &out], &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("lengths"));
+    // An own basis fits nothing: the fitting fields are refused by name,
+    // as their flags are, and nothing of the run is touched.
+    let db = units[0].join("capacity-shard-0-of-2.sqlite");
+    let before = std::fs::read(&db).unwrap();
+    for (fit, field) in [
+        ("fit_tokens = 6", "capacity.fit_tokens"),
+        ("z_start = \"zero\"", "capacity.z_start"),
+    ] {
+        let own = text
+            .replace("basis = \"learned\"", "basis = \"own\"")
+            .replace("fit_tokens = 6", fit);
+        std::fs::write(&bad, own).unwrap();
+        let o = cram(&["sweep", bad.to_str().unwrap(), "--out", &out], &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(field) && err.contains("bad.toml") && err.contains("own basis"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(&db).unwrap(), before);
 }
 
 #[test]

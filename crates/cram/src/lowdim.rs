@@ -952,6 +952,8 @@ pub struct LowDimDefaults {
     /// A learned basis fits on this many tokens of its texts (`None`:
     /// whole texts).
     pub fit_tokens: Option<usize>,
+    /// Where a text's `z` starts under a learned basis.
+    pub z_start: ZStart,
 }
 
 impl LowDimDefaults {
@@ -962,6 +964,7 @@ impl LowDimDefaults {
             k: 0,
             basis: BasisKind::Learned,
             fit_tokens: None,
+            z_start: ZStart::Fitted,
         }
     }
 
@@ -976,6 +979,7 @@ impl LowDimDefaults {
             k: 32,
             basis: BasisKind::Own,
             fit_tokens: Some(CAPACITY_FIT_TOKENS),
+            z_start: ZStart::Fitted,
         }
     }
 }
@@ -1053,7 +1057,7 @@ impl LowDimArgs {
             basis,
             fit_texts.max(1),
             self.fit_tokens.or(defaults.fit_tokens),
-            self.z_start.unwrap_or(ZStart::Fitted),
+            self.z_start.unwrap_or(defaults.z_start),
         )))
     }
 }

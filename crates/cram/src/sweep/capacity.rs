@@ -86,16 +86,29 @@ pub struct CapacitySweep {
     /// The basis of low-dimensional units [default: own].
     #[serde(default = "default_basis")]
     pub basis: BasisKind,
-    /// A learned basis fits on this many tokens of its texts [default: 64].
-    #[serde(default = "default_fit_tokens")]
-    pub fit_tokens: usize,
-    /// Where a text's `z` starts [default: fitted].
-    #[serde(default = "default_z_start")]
-    pub z_start: ZStart,
+    /// A learned basis fits on this many tokens of its texts [default: 64;
+    /// refused with an own basis, which fits nothing]. The canonical form
+    /// spells the default out, as before this field could be absent.
+    #[serde(default, serialize_with = "filled_fit_tokens")]
+    pub fit_tokens: Option<usize>,
+    /// Where a text's `z` starts [default: fitted; refused with an own
+    /// basis]. Spelled out in the canonical form.
+    #[serde(default, serialize_with = "filled_z_start")]
+    pub z_start: Option<ZStart>,
 }
 
-fn default_z_start() -> ZStart {
-    ZStart::Fitted
+fn filled_fit_tokens<S: serde::Serializer>(
+    v: &Option<usize>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    v.or(LowDimDefaults::capacity().fit_tokens).serialize(s)
+}
+
+fn filled_z_start<S: serde::Serializer>(
+    v: &Option<ZStart>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    v.unwrap_or(LowDimDefaults::capacity().z_start).serialize(s)
 }
 
 fn default_low_dim() -> Vec<usize> {
@@ -104,10 +117,6 @@ fn default_low_dim() -> Vec<usize> {
 
 fn default_basis() -> BasisKind {
     LowDimDefaults::capacity().basis
-}
-
-fn default_fit_tokens() -> usize {
-    crate::lowdim::CAPACITY_FIT_TOKENS
 }
 
 fn default_search() -> Vec<Search> {
@@ -168,12 +177,13 @@ impl CapacitySweep {
     /// 0) whose learned basis fits on `fit_texts` texts.
     pub fn low_dim(&self, k: usize, fit_texts: usize) -> Option<LowDim> {
         (k > 0).then(|| {
+            let defaults = LowDimDefaults::capacity();
             LowDim::new(
                 k,
                 self.basis.clone(),
                 fit_texts,
-                Some(self.fit_tokens),
-                self.z_start,
+                self.fit_tokens.or(defaults.fit_tokens),
+                self.z_start.unwrap_or(defaults.z_start),
             )
         })
     }
@@ -190,8 +200,22 @@ impl CapacitySweep {
         if let Some(k) = self.low_dim.iter().find(|k| !sizes.insert(**k)) {
             return Some(("low_dim", format!("{k} appears twice")));
         }
-        if self.fit_tokens == 0 {
+        if self.fit_tokens == Some(0) {
             return Some(("fit_tokens", "must be at least 1".into()));
+        }
+        if self.basis == BasisKind::Own {
+            let given = [
+                ("fit_tokens", self.fit_tokens.is_some()),
+                ("z_start", self.z_start.is_some()),
+            ];
+            if let Some((field, _)) = given.into_iter().find(|(_, given)| *given) {
+                return Some((
+                    field,
+                    "does not apply to an own basis, which fits nothing before the search \
+                     (basis = \"learned\" fits one)"
+                        .into(),
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(s) = self.search.iter().find(|s| !seen.insert(s.to_string())) {
@@ -462,6 +486,35 @@ mod tests {
                 crate::lowdim::CAPACITY_FIT_TOKENS
             );
         }
+    }
+
+    #[test]
+    fn fitting_fields_are_refused_for_an_own_basis_and_spelled_out_when_absent() {
+        let parse = |t: &str| -> CapacitySweep { toml::from_str(t).unwrap() };
+        for field in ["fit_tokens = 64", "z_start = \"fitted\""] {
+            let own = parse(&format!("max_tokens = 64\n{field}"));
+            let (name, msg) = own.invalid().expect("refused");
+            assert!(
+                field.starts_with(name) && msg.contains("own basis"),
+                "{name}: {msg}"
+            );
+            // A learned basis takes them.
+            let learned = parse(&format!("max_tokens = 64\nbasis = \"learned\"\n{field}"));
+            assert_eq!(learned.invalid(), None);
+        }
+        // The canonical form (and so a run's configuration hash) is that
+        // of the defaults spelled out, as when the fields were plain values.
+        let absent = parse("max_tokens = 64\nbasis = \"learned\"");
+        let spelled =
+            parse("max_tokens = 64\nbasis = \"learned\"\nfit_tokens = 64\nz_start = \"fitted\"");
+        assert_ne!(absent, spelled);
+        let json = serde_json::to_value(&absent).unwrap();
+        assert_eq!(json, serde_json::to_value(&spelled).unwrap());
+        assert_eq!(
+            (&json["fit_tokens"], &json["z_start"]),
+            (&64.into(), &"fitted".into())
+        );
+        assert_eq!(absent.low_dim(32, 8), spelled.low_dim(32, 8));
     }
 
     #[test]
