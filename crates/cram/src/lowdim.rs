@@ -112,6 +112,29 @@ impl std::fmt::Display for BasisKind {
 
 serde_as_string!(BasisKind);
 
+impl BasisKind {
+    /// The first of the fitting settings `given` (name, whether it was
+    /// given) that this basis would drop, with what is wrong: an own basis
+    /// fits nothing before the search ([`LowDim::new`] records it as
+    /// fitting nothing). `learned` is how the caller spells a learned
+    /// basis, which fits one. Random and PCA bases record the settings.
+    pub fn refuses_fitting<'a>(
+        &self,
+        given: [(&'a str, bool); 2],
+        learned: &str,
+    ) -> Option<(&'a str, String)> {
+        let (name, _) = given.into_iter().find(|(_, given)| *given)?;
+        (*self == Self::Own).then(|| {
+            (
+                name,
+                format!(
+                    "does not apply to an own basis, which fits nothing before the search ({learned} fits one)"
+                ),
+            )
+        })
+    }
+}
+
 /// Where a text's `z` starts under a basis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ZStart {
@@ -1045,12 +1068,8 @@ impl LowDimArgs {
             };
         }
         let basis = self.basis.clone().unwrap_or(defaults.basis.clone());
-        if basis == BasisKind::Own {
-            if let Some((flag, _)) = fitting.into_iter().find(|(_, given)| *given) {
-                return Err(format!(
-                    "{flag} does not apply to an own basis, which fits nothing before the search (--basis learned fits one)"
-                ));
-            }
+        if let Some((flag, msg)) = basis.refuses_fitting(fitting, "--basis learned") {
+            return Err(format!("{flag} {msg}"));
         }
         Ok(Some(LowDim::new(
             k,

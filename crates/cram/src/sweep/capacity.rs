@@ -88,7 +88,7 @@ pub struct CapacitySweep {
     pub basis: BasisKind,
     /// A learned basis fits on this many tokens of its texts [default: 64;
     /// refused with an own basis, which fits nothing]. The canonical form
-    /// spells the default out, as before this field could be absent.
+    /// spells the default out, as it did when the field was a plain value.
     #[serde(default, serialize_with = "filled_fit_tokens")]
     pub fit_tokens: Option<usize>,
     /// Where a text's `z` starts [default: fitted; refused with an own
@@ -203,19 +203,12 @@ impl CapacitySweep {
         if self.fit_tokens == Some(0) {
             return Some(("fit_tokens", "must be at least 1".into()));
         }
-        if self.basis == BasisKind::Own {
-            let given = [
-                ("fit_tokens", self.fit_tokens.is_some()),
-                ("z_start", self.z_start.is_some()),
-            ];
-            if let Some((field, _)) = given.into_iter().find(|(_, given)| *given) {
-                return Some((
-                    field,
-                    "does not apply to an own basis, which fits nothing before the search \
-                     (basis = \"learned\" fits one)"
-                        .into(),
-                ));
-            }
+        let fitting = [
+            ("fit_tokens", self.fit_tokens.is_some()),
+            ("z_start", self.z_start.is_some()),
+        ];
+        if let Some(refused) = self.basis.refuses_fitting(fitting, "basis = \"learned\"") {
+            return Some(refused);
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(s) = self.search.iter().find(|s| !seen.insert(s.to_string())) {
